@@ -1,0 +1,1 @@
+"""bertkd_tf.decoding."""
