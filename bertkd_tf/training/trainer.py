@@ -195,6 +195,7 @@ def fit_resumable(
             steps_per_epoch=steps,
             callbacks=[logger, *callbacks],
             verbose=verbose,
+            shuffle=False,  # The dataset shuffles itself, by seed.
         )
         elapsed += time.time() - start
         step = int(model.optimizer.iterations.numpy())

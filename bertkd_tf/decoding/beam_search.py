@@ -1,0 +1,351 @@
+"""Beam search with a GNMT length penalty over a next-token callback.
+
+Semantics follow tf-models' `SequenceBeamSearch` (alive and finished
+hypotheses kept apart, 2 x beam candidates a step, GNMT length penalty, early
+stop once no alive hypothesis can still win); mechanics suit XLA: every loop
+variable has a fixed shape, tokens are written with a masked `where` into a
+preallocated `[.., max_length + 1]` buffer and the loop is a `tf.while_loop`
+bounded by `max_length`.
+
+## The next-token callback
+
+```
+logits, new_state = next_fn(token_ids, index, state)
+```
+
+- `token_ids`: int32 `[batch * beam_size, max_length + 1]`, the hypotheses
+  so far. Column 0 holds the start token (`initial_ids`); column `t + 1`
+  holds the token chosen at step `t`. Columns `0..index` are valid, the rest
+  hold `pad_id`. A decoder with a key/value cache reads only
+  `token_ids[:, index]` (the last token); a decoder without a cache runs over
+  all of `token_ids` (causally masked) and returns the logits at `index`.
+- `index`: scalar int32 tensor, the step number (0 on the first call).
+- `state`: a nested structure (dict / list / tuple) of tensors whose leading
+  dimension is `batch * beam_size`, e.g. a self-attention cache. Shapes must
+  not change from step to step (XLA). Row `b * beam_size + k` belongs to
+  beam `k` of example `b`. The search reorders rows with `tf.gather` after
+  every step so that row `r` of the next `state` belongs to the hypothesis in
+  row `r` of the next `token_ids`.
+- `logits`: float `[batch * beam_size, vocabulary_size]` for the next token.
+
+Tensors that are the same for every beam of an example and never change
+(encoder outputs, cross-attention keys/values, padding masks) need no
+reordering: tile them once with `tf.repeat(x, beam_size, axis=0)` and let
+`next_fn` capture them by closure, instead of passing them in `state`.
+
+## Scores and stopping
+
+- A hypothesis' log probability is the sum of its tokens' log softmax.
+- Its score, once finished, is `log_prob / ((5 + length) / 6) **
+  length_penalty` (GNMT), where `length` counts the generated tokens,
+  EOS included, the start token excluded.
+- Each step scores `2 * beam_size` candidates: EOS candidates ranked within
+  the first `beam_size` move to the finished set (as in fairseq, so that beam
+  1 is exactly greedy search when `length_penalty` is 0); the best
+  `beam_size` non-EOS candidates stay alive.
+- An example reaching its maximum length finalizes its first `beam_size`
+  candidates whether they end in EOS or not (they are truncated).
+- An example is done once its `n`-th best finished score (n =
+  `num_return_sequences`, 1 by default) is at least the best score any alive
+  hypothesis could still reach; the loop stops when every example is done.
+"""
+
+import tensorflow as tf
+
+# A large negative log probability that stays finite, so that
+# arithmetic on it never produces NaN (-inf - -inf).
+NEG_INF = -1.0e9
+
+
+def gnmt_length_penalty(length, length_penalty):
+    """`((5 + length) / 6) ** length_penalty`, the GNMT length normaliser.
+
+    Args:
+        length: int or float tensor, the number of generated tokens.
+        length_penalty: float, the exponent (0 disables normalisation).
+
+    Returns:
+        A float32 tensor with the shape of `length`.
+    """
+    length = tf.cast(length, tf.float32)
+    return tf.pow((5.0 + length) / 6.0, length_penalty)
+
+
+def decode_lengths(source_lengths, max_length, max_length_margin=None):
+    """Per-example maximum output lengths.
+
+    Args:
+        source_lengths: int tensor `[batch]`, source lengths in tokens.
+        max_length: int, the absolute cap.
+        max_length_margin: int or None. When set, an example may generate
+            at most `source_length + max_length_margin` tokens.
+
+    Returns:
+        int32 tensor `[batch]`, each value in `[1, max_length]`.
+    """
+    source_lengths = tf.cast(source_lengths, tf.int32)
+    if max_length_margin is None:
+        lengths = tf.fill(tf.shape(source_lengths), max_length)
+    else:
+        lengths = source_lengths + max_length_margin
+    return tf.clip_by_value(lengths, 1, max_length)
+
+
+def _validate(beam_size, max_length, num_return_sequences):
+    if not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(
+            f"`beam_size` must be a positive int. Received: {beam_size!r}"
+        )
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(
+            f"`max_length` must be a positive int. Received: {max_length!r}"
+        )
+    if num_return_sequences is not None and (
+        not isinstance(num_return_sequences, int)
+        or not 1 <= num_return_sequences <= beam_size
+    ):
+        raise ValueError(
+            "`num_return_sequences` must be None or an int in "
+            f"[1, beam_size={beam_size}]. Received: {num_return_sequences!r}"
+        )
+
+
+def _write_column(sequences, column, tokens):
+    """Writes `tokens [...]` into `sequences [..., L]` at `column`."""
+    positions = tf.range(tf.shape(sequences)[-1])
+    return tf.where(positions == column, tokens[..., None], sequences)
+
+
+def keep_shapes(outputs, inputs):
+    """Restores static shapes lost by gathers on dynamic indices.
+
+    `tf.while_loop` requires loop variables to keep their shapes; a gather
+    with a computed index can turn a known dimension into `None`.
+    """
+
+    def restore(output, reference):
+        output = tf.convert_to_tensor(output)
+        output.set_shape(reference.shape)
+        return output
+
+    return tf.nest.map_structure(restore, outputs, inputs)
+
+
+def beam_search(
+    next_fn,
+    initial_ids,
+    initial_state,
+    beam_size,
+    max_length,
+    eos_id,
+    length_penalty=0.6,
+    max_lengths=None,
+    num_return_sequences=None,
+    pad_id=0,
+):
+    """Beam search with alive and finished hypotheses kept apart.
+
+    See the module docstring for the `next_fn` contract and the scoring
+    rules. Works eagerly and inside `tf.function(jit_compile=True)`.
+
+    Args:
+        next_fn: callable `(token_ids, index, state) -> (logits, state)`.
+        initial_ids: int tensor `[batch]`, the start token of each example.
+        initial_state: nested structure of tensors with leading dimension
+            `batch` (one row per example); the search repeats each row
+            `beam_size` times. May be `()` for a stateless `next_fn`.
+        beam_size: int, hypotheses kept alive per example.
+        max_length: int, the most tokens generated (static: the buffer
+            size).
+        eos_id: int, the end-of-sequence token id.
+        length_penalty: float, the GNMT exponent (0.6 in the paper).
+        max_lengths: optional int tensor `[batch]`, per-example limits
+            (clipped to `max_length`), see `decode_lengths`.
+        num_return_sequences: None for the best hypothesis, or an int
+            `n <= beam_size` for the n best.
+        pad_id: int, written after EOS.
+
+    Returns:
+        `(sequences, scores)`: int32 `[batch, max_length]` and float32
+        `[batch]` when `num_return_sequences` is None, else
+        `[batch, n, max_length]` and `[batch, n]`, best first. Sequences
+        exclude the start token, include EOS when one was generated and are
+        padded with `pad_id` after it.
+
+    Example:
+    ```python
+    vocab = 4  # token 3 is EOS
+    def next_fn(token_ids, index, state):
+        logits = tf.one_hot(tf.fill([tf.shape(token_ids)[0]], 3), vocab)
+        return logits, state
+    ids, scores = beam_search(
+        next_fn, tf.constant([2]), (), beam_size=2, max_length=5, eos_id=3
+    )
+    # ids[0] == [3, 0, 0, 0, 0]
+    ```
+    """
+    _validate(beam_size, max_length, num_return_sequences)
+    n_best = num_return_sequences or 1
+    k = beam_size
+    buffer_length = max_length + 1
+    initial_ids = tf.cast(tf.convert_to_tensor(initial_ids), tf.int32)
+    batch_size = tf.shape(initial_ids)[0]
+    if max_lengths is None:
+        max_lengths = tf.fill([batch_size], max_length)
+    max_lengths = tf.clip_by_value(
+        tf.cast(max_lengths, tf.int32), 1, max_length
+    )
+    length_penalty = float(length_penalty)
+
+    # Alive hypotheses: [batch, beam, buffer_length]. Only beam 0 starts
+    # with log probability 0; the copies start at NEG_INF so that the first
+    # step does not pick the same candidate beam_size times.
+    start = tf.fill([batch_size, k, buffer_length], tf.constant(pad_id))
+    alive_seq = _write_column(start, 0, tf.tile(initial_ids[:, None], [1, k]))
+    alive_log_probs = tf.tile(
+        tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch_size, 1]
+    )
+    # [batch, ...] -> [batch * beam, ...]: row b * k + j is beam j of b.
+    alive_state = tf.nest.map_structure(
+        lambda t: tf.repeat(t, k, axis=0), initial_state
+    )
+    finished_seq = start
+    finished_scores = tf.fill([batch_size, k], NEG_INF)
+    finished_flags = tf.zeros([batch_size, k], tf.bool)
+
+    def example_done(index, alive_log_probs, finished_scores, finished_flags):
+        # After `index` steps alive hypotheses hold `index` tokens; any
+        # hypothesis they finish later has a length in
+        # [index + 1, max_lengths]. Log probabilities only fall, and they are
+        # <= 0, so the best reachable score divides by the largest penalty
+        # over that range (the penalty is monotonic in the length).
+        largest_penalty = tf.maximum(
+            gnmt_length_penalty(index + 1, length_penalty),
+            gnmt_length_penalty(max_lengths, length_penalty),
+        )
+        best_alive = alive_log_probs[:, 0]
+        bound = best_alive / largest_penalty
+        has_alive = best_alive > NEG_INF / 2
+        nth_finished = finished_scores[:, n_best - 1]
+        nth_flag = finished_flags[:, n_best - 1]
+        return tf.logical_not(has_alive) | (nth_flag & (nth_finished >= bound))
+
+    def cond(index, alive_seq, alive_log_probs, alive_state, *finished):
+        _, finished_scores, finished_flags = finished
+        done = example_done(
+            index, alive_log_probs, finished_scores, finished_flags
+        )
+        return tf.logical_not(tf.reduce_all(done))
+
+    def body(
+        index,
+        alive_seq,
+        alive_log_probs,
+        alive_state,
+        finished_seq,
+        finished_scores,
+        finished_flags,
+    ):
+        flat_ids = tf.reshape(alive_seq, [batch_size * k, buffer_length])
+        logits, new_state = next_fn(flat_ids, index, alive_state)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+        vocabulary_size = tf.shape(log_probs)[-1]
+        log_probs = tf.reshape(log_probs, [batch_size, k, vocabulary_size])
+
+        # 2k candidates per example from the k * vocabulary extensions.
+        # Flat candidate c = beam * vocabulary_size + token.
+        candidate_log_probs = log_probs + alive_log_probs[:, :, None]
+        top_log_probs, top_flat = tf.math.top_k(
+            tf.reshape(candidate_log_probs, [batch_size, -1]), k=2 * k
+        )
+        source_beam = top_flat // vocabulary_size  # [batch, 2k] in [0, k)
+        tokens = top_flat % vocabulary_size  # [batch, 2k]
+        candidate_seq = tf.gather(alive_seq, source_beam, batch_dims=1)
+        candidate_seq = _write_column(candidate_seq, index + 1, tokens)
+
+        length = index + 1  # generated tokens, this one included
+        valid = top_log_probs > NEG_INF / 2
+        is_eos = tf.equal(tokens, eos_id)
+        at_limit = (length >= max_lengths)[:, None]  # [batch, 1]
+        rank = tf.range(2 * k)[None, :]
+        finishing = valid & (rank < k) & (is_eos | at_limit)
+        stays_alive = valid & tf.logical_not(is_eos | at_limit)
+
+        # New alive set: the best k non-EOS candidates. `alive_pos` indexes
+        # the 2k candidates; `alive_source` is the old beam each came from.
+        new_alive_log_probs, alive_pos = tf.math.top_k(
+            tf.where(stays_alive, top_log_probs, NEG_INF), k=k
+        )
+        new_alive_seq = tf.gather(candidate_seq, alive_pos, batch_dims=1)
+        alive_source = tf.gather(source_beam, alive_pos, batch_dims=1)
+        # Rows of `new_state` are still in old-beam order: row b * k + j.
+        rows = tf.reshape(
+            alive_source + tf.range(batch_size)[:, None] * k, [-1]
+        )
+        new_alive_state = tf.nest.map_structure(
+            lambda t: tf.gather(t, rows), new_state
+        )
+
+        # New finished set: best k of the old finished and the finishing
+        # candidates. Old ones come first, so they win ties.
+        candidate_scores = top_log_probs / gnmt_length_penalty(
+            length, length_penalty
+        )
+        all_scores = tf.concat(
+            [finished_scores, tf.where(finishing, candidate_scores, NEG_INF)],
+            axis=1,
+        )
+        all_flags = tf.concat([finished_flags, finishing], axis=1)
+        all_seq = tf.concat([finished_seq, candidate_seq], axis=1)
+        new_finished_scores, finished_pos = tf.math.top_k(all_scores, k=k)
+        new_finished_flags = tf.gather(all_flags, finished_pos, batch_dims=1)
+        new_finished_seq = tf.gather(all_seq, finished_pos, batch_dims=1)
+        outputs = (
+            index + 1,
+            new_alive_seq,
+            new_alive_log_probs,
+            new_alive_state,
+            new_finished_seq,
+            new_finished_scores,
+            new_finished_flags,
+        )
+        inputs = (
+            index,
+            alive_seq,
+            alive_log_probs,
+            alive_state,
+            finished_seq,
+            finished_scores,
+            finished_flags,
+        )
+        return keep_shapes(outputs, inputs)
+
+    loop_vars = (
+        tf.constant(0),
+        alive_seq,
+        alive_log_probs,
+        alive_state,
+        finished_seq,
+        finished_scores,
+        finished_flags,
+    )
+    (
+        _,
+        alive_seq,
+        alive_log_probs,
+        _,
+        finished_seq,
+        finished_scores,
+        finished_flags,
+    ) = tf.while_loop(cond, body, loop_vars, maximum_iterations=max_length)
+
+    # Every example finalizes at its maximum length, so this fallback only
+    # matters when no candidate was ever valid (e.g. beam > hypotheses).
+    any_finished = tf.reduce_any(finished_flags, axis=1)
+    sequences = tf.where(any_finished[:, None, None], finished_seq, alive_seq)
+    scores = tf.where(any_finished[:, None], finished_scores, alive_log_probs)
+    sequences = sequences[:, :n_best, 1:]
+    scores = scores[:, :n_best]
+    if num_return_sequences is None:
+        return sequences[:, 0], scores[:, 0]
+    return sequences, scores

@@ -1,0 +1,429 @@
+"""Batched, compiled decoding of a `TransformerSeq2Seq` student."""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from bertkd_tf.decoding.beam_search import beam_search, decode_lengths
+from bertkd_tf.decoding.greedy_search import greedy_search
+
+DEFAULT_BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def _next_bucket(value, buckets):
+    for bucket in buckets:
+        if value <= bucket:
+            return bucket
+    return value
+
+
+def _power_of_two_at_least(value):
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+class Generator:
+    """Decodes strings or token ids with a student model.
+
+    Sources are padded to a few bucket lengths and batches to a power of two,
+    so a stream of batches of mixed shapes compiles a small, bounded number
+    of functions: one per (source bucket, padded batch size, decoding
+    settings). `compile_count` counts the traces.
+
+    Sources get EOS appended (`encoder_token_ids = source + [EOS]`, as in
+    training) and are truncated to `max_source_length - 1` tokens first.
+    Each example may generate `min(source_length + max_length_margin,
+    max_length)` tokens (EOS included); the decoding buffer of a bucket is
+    `min(bucket + max_length_margin, max_length)` long.
+
+    Args:
+        model: a `TransformerSeq2Seq` (`call_encoder`,
+            `call_decoder_with_cache`, `initialize_cache`).
+        vocabulary: a `TaskVocabulary`, needed for string inputs/outputs.
+        jit_compile: bool, compile the search with XLA.
+        bucket_lengths: increasing source lengths (EOS included) to pad to;
+            longer sources pad to `max_source_length`.
+        max_source_length: int, the longest encoder input (EOS included);
+            default the backbone's `max_sequence_length`.
+        bos_id, eos_id, pad_id: special ids (TaskVocabulary's by default).
+
+    Example:
+    ```python
+    generator = Generator(model, vocabulary)
+    generator.generate(["ein hund ."], beam_size=5)  # ["a dog ."]
+    generator.generate([[17, 18, 9]], beam_size=1)   # [[21, 22, 9]] ids
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        vocabulary=None,
+        jit_compile=True,
+        bucket_lengths=DEFAULT_BUCKET_LENGTHS,
+        max_source_length=None,
+        bos_id=2,
+        eos_id=3,
+        pad_id=0,
+    ):
+        for method in (
+            "call_encoder",
+            "call_decoder_with_cache",
+            "initialize_cache",
+        ):
+            if not hasattr(model, method):
+                raise ValueError(
+                    f"`model` must have a `{method}` method (a "
+                    f"TransformerSeq2Seq). Received: {model!r}"
+                )
+        if max_source_length is None:
+            max_source_length = model.backbone.max_sequence_length
+        if not isinstance(max_source_length, int) or max_source_length < 2:
+            raise ValueError(
+                "`max_source_length` must be an int >= 2. Received: "
+                f"{max_source_length!r}"
+            )
+        bucket_lengths = tuple(bucket_lengths)
+        if not bucket_lengths or list(bucket_lengths) != sorted(
+            set(bucket_lengths)
+        ):
+            raise ValueError(
+                "`bucket_lengths` must be a non-empty increasing sequence. "
+                f"Received: {bucket_lengths!r}"
+            )
+        self.model = model
+        self.vocabulary = vocabulary
+        if vocabulary is not None:
+            bos_id, eos_id, pad_id = (
+                vocabulary.bos_id,
+                vocabulary.eos_id,
+                vocabulary.pad_id,
+            )
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.jit_compile = jit_compile
+        self.max_source_length = max_source_length
+        self.bucket_lengths = tuple(
+            b for b in bucket_lengths if b < max_source_length
+        ) + (max_source_length,)
+        self.compile_count = 0
+        self._functions = {}
+
+    # --- Inputs ------------------------------------------------------------
+
+    def _source_ids(self, inputs):
+        """Inputs -> (list of int lists without EOS, were they strings)."""
+        if isinstance(inputs, str):
+            raise ValueError(
+                "`inputs` must be a batch (a list of strings or of id lists),"
+                f" not a single string. Received: {inputs!r}"
+            )
+        if isinstance(inputs, tf.RaggedTensor):
+            return inputs.to_list(), False
+        if isinstance(inputs, (tf.Tensor, np.ndarray)):
+            array = np.asarray(inputs)
+            if array.dtype.kind in "SUO":
+                inputs = [
+                    x.decode("utf-8") if isinstance(x, bytes) else x
+                    for x in array.tolist()
+                ]
+            else:
+                # Dense ids: padding (pad_id) on the right is dropped.
+                return [
+                    [int(t) for t in row if t != self.pad_id] for row in array
+                ], False
+        inputs = list(inputs)
+        if inputs and all(isinstance(x, (str, bytes)) for x in inputs):
+            if self.vocabulary is None:
+                raise ValueError(
+                    "String inputs need a `vocabulary`; pass one to the "
+                    "Generator (or to `generate`)."
+                )
+            strings = [
+                x.decode("utf-8") if isinstance(x, bytes) else x for x in inputs
+            ]
+            ragged = self.vocabulary.tokenize(tf.constant(strings, tf.string))
+            return ragged.to_list(), True
+        return [[int(t) for t in row] for row in inputs], False
+
+    def _pad_batch(self, sources, batch_size):
+        """Encoder ids/mask `[batch_size, bucket]` (+ EOS), real lengths."""
+        limit = self.max_source_length - 1
+        sources = [row[:limit] + [self.eos_id] for row in sources]
+        longest = max(len(row) for row in sources)
+        bucket = _next_bucket(longest, self.bucket_lengths)
+        ids = np.full((batch_size, bucket), self.pad_id, np.int32)
+        mask = np.zeros((batch_size, bucket), np.int32)
+        # Padding rows hold a lone EOS so that attention is never empty.
+        ids[:, 0] = self.eos_id
+        mask[:, 0] = 1
+        for i, row in enumerate(sources):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    # --- Compiled search ---------------------------------------------------
+
+    def _build(self, bucket, settings):
+        (
+            beam_size,
+            length_penalty,
+            max_length,
+            max_length_margin,
+            num_return_sequences,
+            use_cache,
+        ) = settings
+        model = self.model
+        if max_length_margin is None:
+            buffer_length = max_length
+        else:
+            buffer_length = min(bucket + max_length_margin, max_length)
+
+        def search(encoder_token_ids, encoder_padding_mask):
+            # Runs once per trace: counts compilations.
+            self.compile_count += 1
+            batch_size = tf.shape(encoder_token_ids)[0]
+            encoder_hidden = model.call_encoder(
+                encoder_token_ids, encoder_padding_mask
+            )
+            source_lengths = tf.reduce_sum(encoder_padding_mask, axis=1)
+            max_lengths = decode_lengths(
+                source_lengths, buffer_length, max_length_margin
+            )
+            # Cross-attention keys/values, once: one decoder step on BOS
+            # at batch size (its self-attention cache is thrown away).
+            self_cache, cross_cache = model.initialize_cache(
+                batch_size, buffer_length, bucket
+            )
+            start = tf.fill([batch_size, 1], self.bos_id)
+            _, _, _, cross_cache = model.call_decoder_with_cache(
+                encoder_hidden,
+                encoder_padding_mask,
+                start,
+                self_attention_cache=self_cache,
+                self_attention_cache_update_index=0,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=0,
+            )
+            # Constant per example: repeat once for the beams, captured by
+            # `next_fn`, never reordered.
+            rows = 1 if beam_size == 1 else beam_size
+            encoder_hidden = tf.repeat(encoder_hidden, rows, axis=0)
+            encoder_mask = tf.repeat(encoder_padding_mask, rows, axis=0)
+            cross_cache = tf.repeat(cross_cache, rows, axis=0)
+
+            if use_cache:
+
+                def next_fn(token_ids, index, state):
+                    last = tf.gather(token_ids, index, axis=1)[:, None]
+                    logits, _, state, _ = model.call_decoder_with_cache(
+                        encoder_hidden,
+                        encoder_mask,
+                        last,
+                        self_attention_cache=state,
+                        self_attention_cache_update_index=index,
+                        cross_attention_cache=cross_cache,
+                        cross_attention_cache_update_index=None,
+                    )
+                    return logits[:, 0, :], state
+
+                initial_state = self_cache
+            else:
+                # Recomputes the whole decoder prefix at every step (the
+                # baseline the cache is measured against).
+                def next_fn(token_ids, index, state):
+                    fresh, _ = model.initialize_cache(
+                        tf.shape(token_ids)[0], buffer_length, bucket
+                    )
+                    logits, _, _, _ = model.call_decoder_with_cache(
+                        encoder_hidden,
+                        encoder_mask,
+                        token_ids[:, :buffer_length],
+                        self_attention_cache=fresh,
+                        self_attention_cache_update_index=0,
+                        cross_attention_cache=cross_cache,
+                        cross_attention_cache_update_index=None,
+                    )
+                    return tf.gather(logits, index, axis=1), state
+
+                initial_state = ()
+
+            initial_ids = tf.fill([batch_size], self.bos_id)
+            if beam_size == 1:
+                return greedy_search(
+                    next_fn,
+                    initial_ids,
+                    initial_state,
+                    max_length=buffer_length,
+                    eos_id=self.eos_id,
+                    max_lengths=max_lengths,
+                    pad_id=self.pad_id,
+                )
+            return beam_search(
+                next_fn,
+                initial_ids,
+                initial_state,
+                beam_size=beam_size,
+                max_length=buffer_length,
+                eos_id=self.eos_id,
+                length_penalty=length_penalty,
+                max_lengths=max_lengths,
+                num_return_sequences=num_return_sequences,
+                pad_id=self.pad_id,
+            )
+
+        return tf.function(search, jit_compile=self.jit_compile)
+
+    def _function(self, bucket, batch_size, settings):
+        key = (bucket, batch_size) + settings
+        if key not in self._functions:
+            self._functions[key] = self._build(bucket, settings)
+        return self._functions[key]
+
+    # --- Public API --------------------------------------------------------
+
+    def generate(
+        self,
+        inputs,
+        beam_size=4,
+        length_penalty=0.6,
+        max_length=100,
+        max_length_margin=50,
+        num_return_sequences=None,
+        use_cache=True,
+        return_scores=False,
+        output="auto",
+    ):
+        """Decodes one batch.
+
+        Args:
+            inputs: list of strings (needs a vocabulary), or source token
+                ids without EOS: list of int lists, a `tf.RaggedTensor`, or
+                a dense int array padded with `pad_id`.
+            beam_size: int; 1 runs greedy search (length penalty unused).
+            length_penalty: float, GNMT exponent.
+            max_length: int, absolute cap on generated tokens (EOS
+                included).
+            max_length_margin: int or None, per-example cap
+                `source_length + max_length_margin` (source with EOS).
+            num_return_sequences: None for the best, or n <= beam_size for
+                the n best (then each output is a list of n).
+            use_cache: bool, use the self-attention cache (False recomputes
+                the decoder prefix every step; for benchmarks).
+            return_scores: bool, also return the scores.
+            output: "auto" (strings for string inputs, else ids), "strings"
+                or "ids". Ids exclude EOS and padding.
+
+        Returns:
+            A list with one entry per input (a list of n entries when
+            `num_return_sequences` is set); with `return_scores`, a pair
+            `(outputs, scores)`.
+        """
+        if not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(
+                f"`beam_size` must be a positive int. Received: {beam_size!r}"
+            )
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(
+                f"`max_length` must be a positive int. Received: {max_length!r}"
+            )
+        if output not in ("auto", "strings", "ids"):
+            raise ValueError(
+                "`output` must be 'auto', 'strings' or 'ids'. Received: "
+                f"{output!r}"
+            )
+        if beam_size == 1 and num_return_sequences not in (None, 1):
+            raise ValueError(
+                "`num_return_sequences` needs beam_size >= it. Received: "
+                f"beam_size=1, num_return_sequences={num_return_sequences!r}"
+            )
+        sources, were_strings = self._source_ids(inputs)
+        if not sources:
+            return ([], []) if return_scores else []
+        as_strings = output == "strings" or (output == "auto" and were_strings)
+        if as_strings and self.vocabulary is None:
+            raise ValueError("`output='strings'` needs a `vocabulary`.")
+        count = len(sources)
+        batch_size = _power_of_two_at_least(count)
+        ids, mask = self._pad_batch(sources, batch_size)
+        settings = (
+            beam_size,
+            float(length_penalty) if beam_size > 1 else 0.0,
+            max_length,
+            max_length_margin,
+            num_return_sequences if beam_size > 1 else None,
+            bool(use_cache),
+        )
+        function = self._function(ids.shape[1], batch_size, settings)
+        sequences, scores = function(tf.constant(ids), tf.constant(mask))
+        sequences = sequences.numpy()[:count]
+        scores = scores.numpy()[:count]
+        n_best = sequences.ndim == 3
+        if not n_best:
+            sequences = sequences[:, None]
+            scores = scores[:, None]
+        outputs = [
+            [self._finish(row, as_strings) for row in example]
+            for example in sequences
+        ]
+        scores = scores.tolist()
+        if not n_best:
+            outputs = [example[0] for example in outputs]
+            scores = [example[0] for example in scores]
+        return (outputs, scores) if return_scores else outputs
+
+    def _finish(self, row, as_strings):
+        if as_strings:
+            return self.vocabulary.decode(row.tolist())
+        tokens = []
+        for token in row.tolist():
+            if token == self.eos_id:
+                break
+            if token != self.pad_id:
+                tokens.append(token)
+        return tokens
+
+    def generate_all(self, inputs, batch_size=32, progress=None, **kwargs):
+        """Decodes any number of inputs in length-sorted batches.
+
+        Sorting by source length keeps the padding small; outputs come back
+        in input order.
+
+        Args:
+            inputs: list of strings or of id lists (see `generate`).
+            batch_size: int, examples per batch.
+            progress: optional callable `(done, total, seconds)` called after
+                every batch.
+            **kwargs: passed to `generate`.
+
+        Returns:
+            A list of outputs in input order (and scores with
+            `return_scores=True`).
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"`batch_size` must be a positive int. Received: {batch_size!r}"
+            )
+        inputs = list(inputs)
+        sources, were_strings = self._source_ids(inputs)
+        if were_strings and kwargs.get("output", "auto") == "auto":
+            kwargs["output"] = "strings"
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        return_scores = kwargs.pop("return_scores", False)
+        outputs = [None] * len(sources)
+        scores = [None] * len(sources)
+        start = time.perf_counter()
+        for begin in range(0, len(order), batch_size):
+            chunk = order[begin : begin + batch_size]
+            batch_outputs, batch_scores = self.generate(
+                [sources[i] for i in chunk], return_scores=True, **kwargs
+            )
+            for i, out, score in zip(chunk, batch_outputs, batch_scores):
+                outputs[i] = out
+                scores[i] = score
+            if progress is not None:
+                progress(
+                    begin + len(chunk),
+                    len(order),
+                    time.perf_counter() - start,
+                )
+        return (outputs, scores) if return_scores else outputs

@@ -1,0 +1,97 @@
+"""Greedy search over the same next-token callback as `beam_search`."""
+
+import tensorflow as tf
+
+from bertkd_tf.decoding.beam_search import _write_column, keep_shapes
+
+
+def greedy_search(
+    next_fn,
+    initial_ids,
+    initial_state,
+    max_length,
+    eos_id,
+    max_lengths=None,
+    pad_id=0,
+):
+    """Picks the most likely token at every step.
+
+    The callback contract is `beam_search`'s with a beam of one:
+    `next_fn(token_ids [batch, max_length + 1], index, state) ->
+    (logits [batch, vocabulary_size], state)`, where column 0 of
+    `token_ids` holds the start token and column `index` the last one.
+    Rows never need reordering, so `state` is passed through as returned.
+    An example stops after EOS or at its maximum length; the loop stops once
+    every example has stopped.
+
+    Args:
+        next_fn: callable `(token_ids, index, state) -> (logits, state)`.
+        initial_ids: int tensor `[batch]`, the start token of each example.
+        initial_state: nested structure of tensors with leading dimension
+            `batch`, or `()`.
+        max_length: int, the most tokens generated (static).
+        eos_id: int, the end-of-sequence token id.
+        max_lengths: optional int tensor `[batch]`, per-example limits.
+        pad_id: int, written after EOS.
+
+    Returns:
+        `(sequences, scores)`: int32 `[batch, max_length]` without the start
+        token, `pad_id` after EOS, and float32 `[batch]`, the summed log
+        probabilities of the generated tokens.
+
+    Example:
+    ```python
+    def next_fn(token_ids, index, state):
+        return tf.one_hot(tf.fill([tf.shape(token_ids)[0]], 3), 4), state
+    ids, scores = greedy_search(
+        next_fn, tf.constant([2, 2]), (), max_length=3, eos_id=3
+    )
+    # ids == [[3, 0, 0], [3, 0, 0]]
+    ```
+    """
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(
+            f"`max_length` must be a positive int. Received: {max_length!r}"
+        )
+    initial_ids = tf.cast(tf.convert_to_tensor(initial_ids), tf.int32)
+    batch_size = tf.shape(initial_ids)[0]
+    if max_lengths is None:
+        max_lengths = tf.fill([batch_size], max_length)
+    max_lengths = tf.clip_by_value(
+        tf.cast(max_lengths, tf.int32), 1, max_length
+    )
+    sequences = _write_column(
+        tf.fill([batch_size, max_length + 1], tf.constant(pad_id)),
+        0,
+        initial_ids,
+    )
+
+    def cond(index, sequences, scores, finished, state):
+        return tf.logical_not(tf.reduce_all(finished))
+
+    def body(index, sequences, scores, finished, state):
+        logits, state = next_fn(sequences, index, state)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)
+        # Finished rows keep writing padding and add nothing to the score.
+        tokens = tf.where(finished, pad_id, tokens)
+        scores += tf.where(finished, 0.0, token_log_probs)
+        sequences = _write_column(sequences, index + 1, tokens)
+        finished |= tf.equal(tokens, eos_id) | (index + 1 >= max_lengths)
+        return keep_shapes(
+            (index + 1, sequences, scores, finished, state),
+            (index, sequences, scores, finished, state),
+        )
+
+    loop_vars = (
+        tf.constant(0),
+        sequences,
+        tf.zeros([batch_size], tf.float32),
+        tf.zeros([batch_size], tf.bool),
+        initial_state,
+    )
+    _, sequences, scores, _, _ = tf.while_loop(
+        cond, body, loop_vars, maximum_iterations=max_length
+    )
+    return sequences[:, 1:], scores

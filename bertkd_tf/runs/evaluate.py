@@ -1,0 +1,231 @@
+"""`evaluate`: decode a split with the student and score it.
+
+Reads `WORK_DIR/vocab/` and the student saved by `distill` in
+`WORK_DIR/<model_dir>/` (`student` or `baseline`), decodes the split with
+beam search (`Generator`, sources sorted by length into batches), and writes
+into `WORK_DIR/<model_dir>/evaluate/<split>/` (or `output_dir`):
+
+- `hypotheses.txt`: one hypothesis a line, in input order;
+- `references.txt`: the references as scored (lower-cased for uncased
+  vocabularies, Moses escapes normalised), one a line;
+- `scores.json`: each metric's score and signature, the decoding settings,
+  the number of sentences and the decoding speed.
+
+Metrics: translation tasks report `bleu` (the paper's: tokenized,
+multi-bleu.perl-equal, on the WordPiece-merged text), `sacrebleu` (13a) and
+`chrf`; summarization tasks report `rouge1`, `rouge2`, `rougeL`. With Moses
+escapes, `sacrebleu` and `chrf` see the text with the escapes undone.
+"""
+
+import json
+import os
+import time
+
+import keras
+from absl import logging
+
+from bertkd_tf.data.bert_word_piece_tokenizer import unescape_moses
+from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.decoding.generator import Generator
+from bertkd_tf.metrics.scoring import score_hypotheses
+
+VOCAB_DIR = "vocab"
+EVALUATE_DIR = "evaluate"
+HYPOTHESES_FILE = "hypotheses.txt"
+REFERENCES_FILE = "references.txt"
+SCORES_FILE = "scores.json"
+STUDENT_CONFIG = "student_config.json"
+FINAL_WEIGHTS = "final.weights.h5"
+DEFAULT_METRICS = {
+    "translation": ("bleu", "sacrebleu", "chrf"),
+    "summarization": ("rouge1", "rouge2", "rougeL"),
+}
+
+
+def load_student(directory, dtype=None):
+    """The student saved by `distill` in `directory`.
+
+    Uses `bertkd_tf.runs.distill.load_student` when that module provides
+    it; otherwise reads `student_config.json` (a serialized
+    `TransformerSeq2Seq`) and `final.weights.h5`, the layout `train_teacher`
+    uses for the teacher.
+
+    Args:
+        directory: e.g. `WORK_DIR/student`.
+        dtype: optional dtype policy to run the model in.
+    """
+    try:
+        from bertkd_tf.runs import distill
+    except ImportError:
+        distill = None
+    if distill is not None and hasattr(distill, "load_student"):
+        if dtype is None:
+            return distill.load_student(directory)
+        return distill.load_student(directory, dtype=dtype)
+    config_path = os.path.join(directory, STUDENT_CONFIG)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"No trained student in {directory!r} (missing {STUDENT_CONFIG}):"
+            " run `--mode=distill` first."
+        )
+    with open(config_path) as f:
+        config = json.load(f)
+    if dtype is not None:
+        config["config"]["backbone"]["config"]["dtype"] = dtype
+    model = keras.saving.deserialize_keras_object(config)
+    model.load_weights(os.path.join(directory, FINAL_WEIGHTS))
+    return model
+
+
+def _write_lines(path, lines):
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line.replace("\n", " ") + "\n")
+    os.replace(temporary, path)
+
+
+class _Progress:
+    """A Keras progress bar with sentences/s, plus a log line per step."""
+
+    def __init__(self, total, verbose):
+        self.total = total
+        self.bar = (
+            keras.utils.Progbar(total, stateful_metrics=["sentences/s"])
+            if verbose
+            else None
+        )
+
+    def __call__(self, done, total, seconds):
+        rate = done / max(seconds, 1e-9)
+        if self.bar is not None:
+            self.bar.update(done, values=[("sentences/s", rate)])
+        logging.log_every_n_seconds(
+            logging.INFO,
+            "decoded %d/%d sentences, %.1f sentences/s",
+            30,
+            done,
+            total,
+            rate,
+        )
+
+
+def run(
+    *,
+    task,
+    work_dir,
+    model_dir="student",
+    split="valid",
+    beam_size=5,
+    length_penalty=0.6,
+    max_length=100,
+    max_length_margin=50,
+    batch_size=32,
+    metrics=None,
+    max_pairs=None,
+    jit_compile=True,
+    dtype=None,
+    output_dir=None,
+    verbose=True,
+):
+    """Decodes `split` and scores it; returns `{"output_dir", "scores"}`.
+
+    Args:
+        task: the `Task` (pairs, source length limit, kind).
+        work_dir: the pipeline's work directory.
+        model_dir: the model's directory under `work_dir` ("student",
+            "baseline") or an absolute path.
+        split: "valid", "test" or a corpus split name.
+        beam_size: int (1: greedy).
+        length_penalty: GNMT exponent.
+        max_length: absolute cap on generated WordPieces.
+        max_length_margin: per-example cap `source_length + margin`.
+        batch_size: sentences per batch.
+        metrics: names (see `metrics.scoring.METRICS`); None picks by
+            `task.kind`.
+        max_pairs: decode only the first N pairs.
+        jit_compile: compile the search with XLA.
+        dtype: optional dtype policy for the model (e.g. "mixed_bfloat16").
+        output_dir: where to write; default
+            `<model dir>/evaluate/<split>`.
+        verbose: show a progress bar.
+    """
+    metrics = tuple(metrics or DEFAULT_METRICS[task.kind])
+    vocabulary = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
+    model_path = os.path.join(work_dir, model_dir)
+    model = load_student(model_path, dtype=dtype)
+    output_dir = output_dir or os.path.join(model_path, EVALUATE_DIR, split)
+    os.makedirs(output_dir, exist_ok=True)
+
+    pairs = task.read(split, max_pairs=max_pairs)
+    if len(pairs) == 0:
+        raise ValueError(f"Split {split!r} of the task has no pairs.")
+    generator = Generator(
+        model,
+        vocabulary,
+        jit_compile=jit_compile,
+        max_source_length=task.max_source_length + 1,
+    )
+    logging.info(
+        "Decoding %d pairs of %r (beam %d, length penalty %s).",
+        len(pairs),
+        split,
+        beam_size,
+        length_penalty,
+    )
+    start = time.perf_counter()
+    hypotheses = generator.generate_all(
+        pairs.sources,
+        batch_size=batch_size,
+        progress=_Progress(len(pairs), verbose),
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        max_length=max_length,
+        max_length_margin=max_length_margin,
+    )
+    seconds = time.perf_counter() - start
+    references = [vocabulary.normalize_reference(t) for t in pairs.targets]
+    hypotheses = [" ".join(h.split()) for h in hypotheses]
+    _write_lines(os.path.join(output_dir, HYPOTHESES_FILE), hypotheses)
+    _write_lines(os.path.join(output_dir, REFERENCES_FILE), references)
+
+    plain = None
+    if vocabulary.tokenizer.moses_escapes:
+        plain = (
+            [unescape_moses(h) for h in hypotheses],
+            [unescape_moses(r) for r in references],
+        )
+    scores = score_hypotheses(metrics, hypotheses, references, plain)
+    target_tokens = sum(len(h.split()) for h in hypotheses)
+    summary = {
+        "split": split,
+        "model_dir": model_path,
+        "sentences": len(hypotheses),
+        "metrics": scores,
+        "decoding": {
+            "beam_size": beam_size,
+            "length_penalty": length_penalty,
+            "max_length": max_length,
+            "max_length_margin": max_length_margin,
+            "batch_size": batch_size,
+            "jit_compile": jit_compile,
+            "compilations": generator.compile_count,
+        },
+        "seconds": seconds,
+        "sentences_per_second": len(hypotheses) / max(seconds, 1e-9),
+        "words_per_second": target_tokens / max(seconds, 1e-9),
+        "references": (
+            "lower-cased" if vocabulary.tokenizer.lowercase else "as given"
+        ),
+        "vocabulary_fingerprint": vocabulary.fingerprint,
+    }
+    temporary = os.path.join(output_dir, SCORES_FILE + ".tmp")
+    with open(temporary, "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temporary, os.path.join(output_dir, SCORES_FILE))
+    for name, result in scores.items():
+        logging.info(
+            "%s = %.2f (%s)", name, result["score"], result["signature"]
+        )
+    return {"output_dir": output_dir, "scores": summary}

@@ -1,0 +1,346 @@
+"""`train_teacher`: fine-tune BERT as a conditional masked LM (C-MLM).
+
+Reads `WORK_DIR/vocab/` (from `prepare`) and the text pairs, trains a
+`CMLMTeacher` through `fit_resumable` and writes, under `WORK_DIR/teacher/`:
+
+- `checkpoints/` (model + optimizer, every `checkpoint_every_steps`, the last
+  `keep_checkpoints` kept); the same command after a crash resumes there;
+- `logs/` (TensorBoard), `history.jsonl` (step, wall time, training and
+  validation loss/accuracy per chunk);
+- the final teacher, for `dump_teacher`: `final.weights.h5` plus
+  `teacher_config.json` (`keras.saving.serialize_keras_object` of the
+  teacher). Load it with `load_teacher(WORK_DIR/teacher)`.
+
+Validation: masked-token loss (`token_loss`) and accuracy (`accuracy`) over
+the valid split, masks drawn with the fixed `valid_mask_seed`, so numbers
+are comparable across runs and steps.
+
+Batches: pairs are cut to fit `max_sequence_length` (longer side first),
+bucketed by packed length with a token budget (`TokenBudgetBatcher`), and
+masked per batch by `CMLMPreprocessor`. Every pass over the data draws new
+masks (the pass number is folded into the mask seed) and a new order.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from bertkd_tf.data.batching import (
+    TokenBudgetBatcher,
+    default_bucket_boundaries,
+)
+from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
+from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
+from bertkd_tf.models.cmlm_teacher import CMLMTeacher
+from bertkd_tf.training import trainer
+from bertkd_tf.training.schedules import LinearWarmupDecay
+from bertkd_tf.training.strategy import get_strategy
+
+TEACHER_DIR = "teacher"
+FINAL_WEIGHTS = "final.weights.h5"
+TEACHER_CONFIG = "teacher_config.json"
+# Names (substrings) of variables without weight decay: biases, LayerNorm.
+NO_DECAY = ["bias", "gamma", "beta"]
+# Distinct passes over the data within one chunk of training.
+_PASSES_PER_CHUNK = 1_000_003
+
+
+def compile_teacher(
+    teacher,
+    *,
+    peak_learning_rate,
+    warmup_steps,
+    total_steps,
+    weight_decay=0.01,
+    clipnorm=1.0,
+):
+    """Compiles `teacher` for C-MLM training (call inside strategy scope).
+
+    AdamW (no decay on biases and LayerNorm), linear warm-up then linear
+    decay to zero, gradients clipped to global norm `clipnorm` (as PyTorch's
+    `clip_grad_norm_` in the reference); masked-token cross-entropy averaged
+    over the real mask slots; weighted `accuracy` and `token_loss` metrics.
+    """
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=LinearWarmupDecay(
+            peak_learning_rate, warmup_steps, total_steps
+        ),
+        weight_decay=weight_decay,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-6,
+        global_clipnorm=clipnorm,
+    )
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    teacher.compile(
+        optimizer=optimizer,
+        loss=TokenCrossEntropy(label_smoothing=0.0),
+        weighted_metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseCategoricalCrossentropy(
+                from_logits=True, name="token_loss"
+            ),
+        ],
+    )
+    return teacher
+
+
+def save_teacher(teacher, directory):
+    """Writes `final.weights.h5` and `teacher_config.json` to `directory`."""
+    tf.io.gfile.makedirs(directory)
+    config = keras.saving.serialize_keras_object(teacher)
+    with open(os.path.join(directory, TEACHER_CONFIG), "w") as f:
+        json.dump(config, f)
+    teacher.save_weights(os.path.join(directory, FINAL_WEIGHTS))
+
+
+def load_teacher(directory, dtype=None):
+    """The teacher saved by `save_teacher` (e.g. `WORK_DIR/teacher`).
+
+    Args:
+        directory: the directory with `teacher_config.json` and
+            `final.weights.h5`.
+        dtype: optional dtype policy to run it in (e.g. "mixed_bfloat16").
+    """
+    config_path = os.path.join(directory, TEACHER_CONFIG)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"No trained teacher in {directory!r} (missing {TEACHER_CONFIG}): "
+            "run `--mode=train_teacher` first."
+        )
+    with open(config_path) as f:
+        config = json.load(f)
+    if dtype is not None:
+        config["config"]["dtype"] = dtype
+        config["config"]["backbone"]["config"]["dtype"] = dtype
+    teacher = keras.saving.deserialize_keras_object(config)
+    if not isinstance(teacher, CMLMTeacher):
+        raise ValueError(
+            f"{config_path} does not describe a CMLMTeacher: "
+            f"{type(teacher).__name__}"
+        )
+    teacher.load_weights(os.path.join(directory, FINAL_WEIGHTS))
+    return teacher
+
+
+def make_datasets(
+    preprocessor,
+    batcher,
+    train_pairs,
+    valid_pairs=None,
+    valid_preprocessor=None,
+):
+    """`(train_dataset_fn, valid_dataset)` for `fit_resumable`.
+
+    `train_dataset_fn(seed_offset)` is infinite: passes over the data are
+    shuffled with seed `batcher.seed + seed_offset` and pass `e` is masked
+    with mask round (`epoch`) `seed_offset * 1_000_003 + e`.
+    """
+
+    def truncate(example):
+        source, target = preprocessor.truncate(
+            example["source_ids"], example["target_ids"]
+        )
+        return {**example, "source_ids": source, "target_ids": target}
+
+    def packed_length(example):
+        return (
+            tf.shape(example["source_ids"])[0]
+            + tf.shape(example["target_ids"])[0]
+            + 3
+        )
+
+    base = train_pairs.to_dataset().map(truncate)
+    size = len(train_pairs)
+
+    def train_dataset_fn(seed_offset):
+        round_id = int(seed_offset) * _PASSES_PER_CHUNK
+
+        def tag_pass(index, example):
+            return {**example, "epoch": round_id + index // size}
+
+        # Reshuffled every pass; a pass is `size` consecutive examples.
+        passes = (
+            base.shuffle(
+                size,
+                seed=batcher.seed + int(seed_offset),
+                reshuffle_each_iteration=True,
+            )
+            .repeat()
+            .enumerate()
+            .map(tag_pass)
+        )
+        batches = batcher(passes, packed_length, seed_offset=seed_offset)
+        return batches.map(
+            preprocessor, num_parallel_calls=tf.data.AUTOTUNE
+        ).prefetch(tf.data.AUTOTUNE)
+
+    valid_dataset = None
+    if valid_pairs is not None:
+        valid_batcher = TokenBudgetBatcher(
+            batcher.tokens_per_batch,
+            batcher.bucket_boundaries,
+            num_replicas=batcher.num_replicas,
+            drop_remainder=False,
+        )
+        valid_dataset = (
+            valid_batcher(valid_pairs.to_dataset().map(truncate), packed_length)
+            .map(valid_preprocessor or preprocessor)
+            .cache()
+        )
+        # One pass fills the cache and gives Keras the number of batches.
+        batches = sum(1 for _ in valid_dataset)
+        valid_dataset = valid_dataset.apply(
+            tf.data.experimental.assert_cardinality(batches)
+        )
+    return train_dataset_fn, valid_dataset
+
+
+def run(
+    *,
+    task,
+    work_dir,
+    teacher_fn,
+    max_sequence_length=256,
+    max_predictions=None,
+    mask_probability=0.15,
+    tokens_per_batch=16384,
+    total_steps=100_000,
+    warmup_fraction=0.05,
+    peak_learning_rate=5e-5,
+    weight_decay=0.01,
+    clipnorm=1.0,
+    checkpoint_every_steps=1000,
+    validate_every_steps=None,
+    keep_checkpoints=3,
+    max_valid_pairs=None,
+    strategy="default",
+    tpu_address=None,
+    mixed_precision=False,
+    seed=0,
+    valid_mask_seed=12345,
+    verbose="auto",
+):
+    """Fine-tunes the C-MLM teacher.
+
+    Args:
+        task: the `Task` (pairs, splits, length limits: training pairs over
+            `task.max_source_length`/`max_target_length` are dropped).
+        work_dir: the pipeline's work directory (`vocab/` in, `teacher/`
+            out).
+        teacher_fn: `(bert_ids, dtype) -> CMLMTeacher`, e.g.
+            `CMLMTeacher.from_preset` bound in gin with the preset.
+        max_sequence_length: packed length cap (`[CLS] src [SEP] tgt [SEP]`);
+            longer pairs are cut, longer side first.
+        max_predictions: fixed mask slots per row (None: per batch).
+        mask_probability: C-MLM masking rate (0.15).
+        tokens_per_batch: global token budget of a batch (padding included).
+        total_steps: training steps (the schedule decays to 0 there).
+        warmup_fraction: share of `total_steps` for linear warm-up.
+        peak_learning_rate: learning rate after warm-up.
+        weight_decay: AdamW decay (none on biases and LayerNorm).
+        clipnorm: global gradient-norm clip.
+        checkpoint_every_steps: checkpoint (and chunk) period.
+        validate_every_steps: validation period (multiple of the above).
+        keep_checkpoints: checkpoints kept.
+        max_valid_pairs: optional cap on validation pairs (the first N).
+        strategy: `default | mirrored | multi_worker | tpu`.
+        tpu_address: TPU name/address for `strategy="tpu"`.
+        mixed_precision: train in `mixed_bfloat16` (logits and loss stay
+            float32).
+        seed: seed of initialisation, data order and training masks.
+        valid_mask_seed: fixed mask seed of the validation set.
+        verbose: Keras progress bar setting.
+
+    Returns:
+        The last history record (`step`, `elapsed_s`, `loss`, `accuracy`,
+        `val_accuracy`, ...) plus `output_dir`.
+    """
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(
+            f"warmup_fraction must be in [0, 1); got {warmup_fraction!r}."
+        )
+    keras.utils.set_random_seed(seed)
+    distribution = get_strategy(strategy, tpu_address=tpu_address)
+    replicas = distribution.num_replicas_in_sync
+    output_dir = os.path.join(work_dir, TEACHER_DIR)
+    tf.io.gfile.makedirs(output_dir)
+
+    vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
+
+    def tokenize(split, max_pairs=None):
+        return TokenizedPairs.from_pairs(
+            task.read(split, max_pairs=max_pairs),
+            vocab,
+            task.max_source_length,
+            task.max_target_length,
+        )
+
+    train_pairs = tokenize("train")
+    valid_pairs = (
+        tokenize("valid", max_valid_pairs) if task.valid_split else None
+    )
+
+    def preprocessor_with(mask_seed):
+        return CMLMPreprocessor(
+            vocab.bert_ids,
+            max_sequence_length=max_sequence_length,
+            mask_probability=mask_probability,
+            max_predictions=max_predictions,
+            seed=mask_seed,
+        )
+
+    batcher = TokenBudgetBatcher(
+        tokens_per_batch,
+        default_bucket_boundaries(max_sequence_length),
+        num_replicas=replicas,
+        seed=seed,
+    )
+    train_dataset_fn, valid_dataset = make_datasets(
+        preprocessor_with(seed),
+        batcher,
+        train_pairs,
+        valid_pairs,
+        preprocessor_with(valid_mask_seed),
+    )
+
+    with distribution.scope():
+        teacher = teacher_fn(
+            bert_ids=vocab.bert_ids,
+            dtype="mixed_bfloat16" if mixed_precision else None,
+        )
+        compile_teacher(
+            teacher,
+            peak_learning_rate=peak_learning_rate,
+            warmup_steps=int(warmup_fraction * total_steps),
+            total_steps=total_steps,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+        )
+    logging.info(
+        "teacher: %d parameters, task vocabulary %d, %d training pairs, "
+        "%d replicas",
+        teacher.count_params(),
+        vocab.size,
+        len(train_pairs),
+        replicas,
+    )
+    result = trainer.fit_resumable(
+        teacher,
+        train_dataset_fn,
+        model_dir=output_dir,
+        total_steps=total_steps,
+        checkpoint_every_steps=checkpoint_every_steps,
+        validation_dataset=valid_dataset,
+        validate_every_steps=validate_every_steps,
+        keep_checkpoints=keep_checkpoints,
+        verbose=verbose,
+    )
+    save_teacher(teacher, output_dir)
+    logging.info("teacher saved to %s: %s", output_dir, result)
+    return {**result, "output_dir": output_dir}

@@ -1,0 +1,185 @@
+"""train_teacher: a tiny end-to-end run, resume after a crash, saved teacher."""
+
+import functools
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bertkd_tf.data.bert_word_piece_tokenizer import BertWordPieceTokenizer
+from bertkd_tf.data.task import Task
+from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
+from bertkd_tf.models.cmlm_teacher import CMLMTeacher
+from bertkd_tf.runs import train_teacher
+from bertkd_tf.training import trainer
+
+WORDS = "a dog cat runs sits the red ball ein hund katze läuft der rote".split()
+BERT_VOCABULARY = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "unused",
+    *WORDS,
+    "##s",
+]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _write_corpus(directory, lines, seed):
+    rng = np.random.default_rng(seed)
+    english = WORDS[:8]
+    german = WORDS[8:]
+    with (
+        open(directory / "train.de", "w") as de,
+        open(directory / "train.en", "w") as en,
+    ):
+        for _ in range(lines):
+            n = int(rng.integers(2, 6))
+            de.write(" ".join(rng.choice(german, n)) + "\n")
+            en.write(" ".join(rng.choice(english, n)) + "\n")
+    # A short valid split of the same form.
+    for language in ("de", "en"):
+        text = (directory / f"train.{language}").read_text().splitlines()
+        (directory / f"valid.{language}").write_text("\n".join(text[:6]) + "\n")
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _write_corpus(data_dir, 24, seed=0)
+    work_dir = tmp_path / "work"
+    tokenizer = BertWordPieceTokenizer(BERT_VOCABULARY, lowercase=True)
+    texts = (data_dir / "train.de").read_text().splitlines() + (
+        data_dir / "train.en"
+    ).read_text().splitlines()
+    TaskVocabulary.build(tokenizer, texts).save(str(work_dir / "vocab"))
+    return str(data_dir), str(work_dir)
+
+
+def _run(data_dir, work_dir, **kwargs):
+    teacher_fn = functools.partial(
+        CMLMTeacher.from_scratch,
+        vocabulary_size=len(BERT_VOCABULARY),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    settings = dict(
+        task=Task(
+            data_dir, "de", "en", max_source_length=8, max_target_length=8
+        ),
+        work_dir=work_dir,
+        teacher_fn=teacher_fn,
+        max_sequence_length=16,
+        tokens_per_batch=64,
+        total_steps=4,
+        peak_learning_rate=1e-3,
+        checkpoint_every_steps=2,
+        validate_every_steps=4,
+        verbose=0,
+    )
+    settings.update(kwargs)
+    return train_teacher.run(**settings)
+
+
+def test_resume_after_crash_continues_step_count(setup, monkeypatch):
+    data_dir, work_dir = setup
+    real_fit = trainer.fit_resumable
+
+    class CrashAtStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 3:
+                raise _Crash()
+
+    def crashing_fit(model, train_dataset_fn, **kwargs):
+        return real_fit(
+            model, train_dataset_fn, callbacks=[CrashAtStep()], **kwargs
+        )
+
+    monkeypatch.setattr(trainer, "fit_resumable", crashing_fit)
+    with pytest.raises(_Crash):
+        _run(data_dir, work_dir)
+    monkeypatch.setattr(trainer, "fit_resumable", real_fit)
+    teacher_dir = os.path.join(work_dir, "teacher")
+    assert tf.train.latest_checkpoint(
+        os.path.join(teacher_dir, "checkpoints")
+    ).endswith("ckpt-2")
+    assert not os.path.exists(os.path.join(teacher_dir, "final.weights.h5"))
+
+    result = _run(data_dir, work_dir)  # The same command again.
+    assert result["step"] == 4
+    assert result["output_dir"] == os.path.join(work_dir, "teacher")
+    with open(os.path.join(teacher_dir, "history.jsonl")) as f:
+        history = [json.loads(line) for line in f]
+    assert [h["step"] for h in history] == [2, 4]
+    assert "val_accuracy" not in history[0]
+    assert 0.0 <= history[-1]["val_accuracy"] <= 1.0
+    assert history[-1]["val_token_loss"] > 0.0
+    assert os.path.isdir(os.path.join(teacher_dir, "logs"))
+
+    # The saved teacher loads and predicts over the task vocabulary.
+    vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
+    teacher = train_teacher.load_teacher(teacher_dir)
+    assert isinstance(teacher, CMLMTeacher)
+    assert teacher.bert_ids == vocab.bert_ids.tolist()
+    x, _, _ = CMLMPreprocessor(vocab.bert_ids, max_sequence_length=16)(
+        {
+            "id": tf.constant([0], tf.int64),
+            "source_ids": tf.ragged.constant([[5, 6, 7]]),
+            "target_ids": tf.ragged.constant([[8, 9]]),
+        }
+    )
+    assert teacher(x).shape == (1, x["mask_positions"].shape[1], vocab.size)
+    bf16 = train_teacher.load_teacher(teacher_dir, dtype="mixed_bfloat16")
+    assert bf16.backbone.dtype_policy.name == "mixed_bfloat16"
+    assert bf16(x).dtype == "float32"
+    # It holds the trained weights (checkpoint at step 4), not fresh ones.
+    reference = train_teacher.load_teacher(teacher_dir)
+    checkpoint = tf.train.Checkpoint(model=reference)
+    checkpoint.restore(
+        tf.train.latest_checkpoint(os.path.join(teacher_dir, "checkpoints"))
+    ).expect_partial()
+    for a, b in zip(teacher.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_optimizer_settings(setup):
+    teacher = CMLMTeacher.from_scratch(
+        bert_ids=np.arange(10),
+        vocabulary_size=12,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+    )
+    train_teacher.compile_teacher(
+        teacher, peak_learning_rate=5e-5, warmup_steps=5, total_steps=100
+    )
+    optimizer = teacher.optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert optimizer.weight_decay == pytest.approx(0.01)
+    assert optimizer.global_clipnorm == pytest.approx(1.0)
+    decayed = {
+        v.path
+        for v in teacher.trainable_variables
+        if optimizer._use_weight_decay(v)
+    }
+    assert "mlm_output_dense/kernel" in decayed
+    assert not any(
+        name.endswith(("bias", "gamma", "beta")) for name in decayed
+    ), decayed
+    schedule = optimizer._learning_rate  # The schedule object.
+    assert float(schedule(5)) == pytest.approx(5e-5)
+    assert float(schedule(100)) == pytest.approx(0.0)
