@@ -1,0 +1,597 @@
+"""`dump_teacher`: the teacher's top-K soft targets for every target position.
+
+Reads `WORK_DIR/vocab/` (from `prepare`), the trained teacher in
+`WORK_DIR/teacher/` (from `train_teacher`) and the task's training pairs,
+tokenized and filtered exactly as the student reads them
+(`TokenizedPairs` with the task's length limits). Writes
+`WORK_DIR/targets/`:
+
+- `targets-SSSSS-of-NNNNN.tfrecord`: one `tf.train.Example` per pair, in
+  pair order: `id` (int64), `length` (int64: rows `T` = target tokens + the
+  EOS slot), `top_k` (int64), `teacher_ids` (bytes: int32 little-endian
+  `[T, K]`, task ids) and `teacher_logits` (bytes: float16 little-endian
+  `[T, K]`), each row sorted by logit, highest first;
+- `manifest.json`: fingerprints of the teacher checkpoint, the task
+  vocabulary and the tokenized pairs, K, P, the number of pairs and
+  positions, the shard layout and the list of finished shards.
+
+Circular masks (../shared/PAPER.md section 2): a pair with `T` rows gets
+`n = min(P, T)` copies; copy `i` masks target slots `i, i + n, i + 2n, ...`
+(slot `T - 1` is the final `[SEP]`, labelled EOS), so every slot is masked
+exactly once and the source never. All copies of a batch of pairs go
+through the teacher in one forward pass; only the top-K of each masked
+position leaves the device.
+
+Robustness: a shard is written to a temporary name and renamed when
+complete, then recorded in the manifest. Running the same command again
+writes only the missing shards (byte-identical to an uninterrupted run:
+a shard's batches depend only on its own pairs). Targets from another
+teacher, vocabulary, data, K, P or precision are refused, never mixed.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from bertkd_tf.data.batching import (
+    TokenBudgetBatcher,
+    default_bucket_boundaries,
+)
+from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
+from bertkd_tf.runs import train_teacher
+
+TARGETS_DIR = "targets"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+MAX_TOP_K = 64
+# Settings that must match for shards of two runs to be mixed.
+LAYOUT_KEYS = (
+    "format_version",
+    "split",
+    "teacher_fingerprint",
+    "vocabulary_fingerprint",
+    "data_fingerprint",
+    "top_k",
+    "num_passes",
+    "compute_dtype",
+    "num_pairs",
+    "pairs_per_shard",
+    "num_shards",
+)
+
+
+def shard_name(index, num_shards):
+    """File name of shard `index` (0-based) of `num_shards`."""
+    return f"targets-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def read_manifest(directory):
+    """The manifest of a targets directory, or None if there is none."""
+    path = os.path.join(directory, MANIFEST_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write_json_atomic(path, value):
+    temp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+def teacher_fingerprint(teacher_dir):
+    """sha256 of the saved teacher's config and weight files."""
+    digest = hashlib.sha256()
+    for name in (train_teacher.TEACHER_CONFIG, train_teacher.FINAL_WEIGHTS):
+        path = os.path.join(teacher_dir, name)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(
+                f"No trained teacher in {teacher_dir!r} (missing {name}): run "
+                "`--mode=train_teacher` first."
+            )
+        digest.update(name.encode())
+        with tf.io.gfile.GFile(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(tokenized):
+    """sha256 of the pair ids and their source/target task ids."""
+    digest = hashlib.sha256(np.asarray(tokenized.ids, "<i8").tobytes())
+    for side in (tokenized.source, tokenized.target):
+        digest.update(np.asarray(side.row_splits.numpy(), "<i8").tobytes())
+        digest.update(np.asarray(side.flat_values.numpy(), "<i4").tobytes())
+    return digest.hexdigest()
+
+
+# Circular masks ----------------------------------------------------------
+
+
+def circular_mask_slots(lengths, num_passes):
+    """The copies of a batch and the target slots each one masks.
+
+    Args:
+        lengths: int32 `[B]`, rows per pair (target tokens + the EOS slot,
+            so >= 1).
+        num_passes: P, the most copies of a pair.
+
+    Returns:
+        `(copy_pair, slots, valid)`: int32 `[C]`, the pair of each copy
+        (`C = sum(min(P, lengths))`); int32 `[C, M]`, slot
+        `i + m * min(P, T)` masked by copy `i` of a pair with `T` rows;
+        bool `[C, M]`, which slots exist (`slots < T`).
+    """
+    lengths = tf.cast(lengths, tf.int32)
+    copies = tf.minimum(lengths, num_passes)
+    copy_pair = tf.repeat(tf.range(tf.shape(lengths)[0]), copies)
+    copy_index = tf.ragged.range(copies).flat_values
+    stride = tf.gather(copies, copy_pair)
+    per_copy = tf.reduce_max(-(-lengths // copies))
+    slots = copy_index[:, None] + tf.range(per_copy)[None, :] * stride[:, None]
+    valid = slots < tf.gather(lengths, copy_pair)[:, None]
+    return copy_pair, slots, valid
+
+
+def masked_copies(packed, num_passes, mask_token_id):
+    """Teacher inputs for all circular-mask copies of a packed batch.
+
+    Args:
+        packed: `CMLMPreprocessor.pack` output (`token_ids`, `segment_ids`,
+            `padding_mask` `[B, L]`, `target_start`, `target_length` `[B]`).
+        num_passes: P.
+        mask_token_id: BERT id of `[MASK]`.
+
+    Returns:
+        `(x, copy_pair, slots, valid)`: teacher inputs `[C, L]` and
+        `mask_positions` `[C, M]` (0, the `[CLS]` position, where a slot
+        does not exist: its logits are discarded), and the slot
+        bookkeeping of `circular_mask_slots`.
+    """
+    lengths = packed["target_length"] + 1
+    copy_pair, slots, valid = circular_mask_slots(lengths, num_passes)
+    positions = slots + tf.gather(packed["target_start"], copy_pair)[:, None]
+    positions = tf.where(valid, positions, 0)
+    token_ids = tf.gather(packed["token_ids"], copy_pair)
+    columns = tf.range(tf.shape(token_ids)[1])
+    hit = tf.reduce_any(
+        (columns[None, None, :] == positions[:, :, None]) & valid[:, :, None],
+        axis=1,
+    )
+    x = {
+        "token_ids": tf.where(hit, mask_token_id, token_ids),
+        "segment_ids": tf.gather(packed["segment_ids"], copy_pair),
+        "padding_mask": tf.gather(packed["padding_mask"], copy_pair),
+        "mask_positions": positions,
+    }
+    return x, copy_pair, slots, valid
+
+
+def make_top_k_fn(teacher, preprocessor, num_passes, top_k):
+    """A compiled `pairs -> top-K of every target slot` (traced once).
+
+    The function takes `source_ids` and `target_ids` (int32 `[B, S]`,
+    `[B, T]`, task ids right-padded with 0), packs them with
+    `preprocessor.pack`, runs all circular-mask copies through the teacher
+    in one forward pass and returns `(top_ids int32 [B, T_max + 1, K],
+    top_logits float16 [B, T_max + 1, K], coverage int32 [B, T_max + 1],
+    rows int32 [B])`: row `t` of a pair is target slot `t` (the last, `rows
+    - 1`, the EOS slot); `coverage` counts how often each slot was masked
+    (1 for every slot of a pair, 0 beyond); `rows` = kept target tokens + 1.
+    """
+    matrix = tf.TensorSpec([None, None], tf.int32)
+
+    @tf.function(input_signature=[matrix, matrix])
+    def top_k_fn(source_ids, target_ids):
+        packed = preprocessor.pack(source_ids, target_ids)
+        x, copy_pair, slots, valid = masked_copies(
+            packed, num_passes, preprocessor.mask_token_id
+        )
+        logits = teacher(x, training=False)
+        values, ids = tf.math.top_k(tf.cast(logits, tf.float32), k=top_k)
+        pair_of_slot = tf.broadcast_to(copy_pair[:, None], tf.shape(slots))
+        index = tf.boolean_mask(tf.stack([pair_of_slot, slots], -1), valid)
+        batch = tf.shape(source_ids)[0]
+        rows = packed["target_length"] + 1
+        shape = [batch, tf.shape(target_ids)[1] + 1]
+        top_ids = tf.scatter_nd(
+            index, tf.boolean_mask(ids, valid), shape + [top_k]
+        )
+        top_logits = tf.scatter_nd(
+            index,
+            tf.cast(tf.boolean_mask(values, valid), tf.float16),
+            shape + [top_k],
+        )
+        coverage = tf.scatter_nd(
+            index, tf.ones([tf.shape(index)[0]], tf.int32), shape
+        )
+        return top_ids, top_logits, coverage, rows
+
+    return top_k_fn
+
+
+# Records -----------------------------------------------------------------
+
+
+def serialize_targets(pair_id, top_ids, top_logits):
+    """One pair's targets as a serialized `tf.train.Example`."""
+    top_ids = np.ascontiguousarray(top_ids, "<i4")
+    top_logits = np.ascontiguousarray(top_logits, "<f2")
+    length, k = top_ids.shape
+
+    def ints(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    def raw(array):
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[array.tobytes()])
+        )
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "id": ints(int(pair_id)),
+                "length": ints(int(length)),
+                "top_k": ints(int(k)),
+                "teacher_ids": raw(top_ids),
+                "teacher_logits": raw(top_logits),
+            }
+        )
+    )
+    return example.SerializeToString()
+
+
+def _padded(ragged, rows):
+    """Rows `rows` of a ragged int32 tensor as a 0-padded numpy array."""
+    splits = ragged.row_splits.numpy()
+    values = ragged.flat_values.numpy()
+    lengths = splits[rows + 1] - splits[rows]
+    out = np.zeros([len(rows), max(int(lengths.max()), 1)], np.int32)
+    for i, (start, n) in enumerate(zip(splits[rows], lengths)):
+        out[i, :n] = values[start : start + n]
+    return out
+
+
+def token_budget_batches(tokenized, batcher):
+    """Row indices of `tokenized` per batch, by packed-length bucket.
+
+    The buckets and batch sizes of `batcher` (a `TokenBudgetBatcher`);
+    within a bucket, pairs keep their order. Deterministic: depends only on
+    the lengths of `tokenized`.
+    """
+    source_lengths, target_lengths = tokenized.lengths()
+    packed = source_lengths + target_lengths + 3
+    boundaries = np.asarray(batcher.bucket_boundaries)
+    if packed.size and packed.max() > boundaries[-1]:
+        raise ValueError(
+            f"A pair packs to {packed.max()} tokens, more than the last "
+            f"bucket boundary {boundaries[-1]}."
+        )
+    buckets = np.searchsorted(boundaries, packed)
+    batches = []
+    for bucket, size in enumerate(batcher.batch_sizes()):
+        rows = np.flatnonzero(buckets == bucket)
+        batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
+    return batches
+
+
+def _slice(tokenized, start, stop):
+    return TokenizedPairs(
+        tokenized.ids[start:stop],
+        tokenized.source[start:stop],
+        tokenized.target[start:stop],
+    )
+
+
+class _Progress:
+    """Logs pairs, positions and positions/s every `every_seconds`."""
+
+    def __init__(self, total_pairs, total_positions, every_seconds):
+        self.total_pairs = total_pairs
+        self.total_positions = total_positions
+        self.every_seconds = every_seconds
+        self.pairs = 0
+        self.positions = 0
+        self.start = time.time()
+        self.last = self.start
+
+    def update(self, pairs, positions, force=False):
+        self.pairs += pairs
+        self.positions += positions
+        now = time.time()
+        if not force and now - self.last < self.every_seconds:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.positions / elapsed
+        left = (self.total_positions - self.positions) / max(rate, 1e-9)
+        logging.info(
+            "dump: %d/%d pairs, %d/%d positions, %.0f positions/s, "
+            "%.1f pairs/s, %.0f s elapsed, about %.0f s left",
+            self.pairs,
+            self.total_pairs,
+            self.positions,
+            self.total_positions,
+            rate,
+            self.pairs / elapsed,
+            elapsed,
+            left,
+        )
+
+
+def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
+    """Serialized target records of `tokenized`, in its pair order.
+
+    Args:
+        tokenized: `TokenizedPairs` (one shard).
+        top_k_fn: from `make_top_k_fn`.
+        batcher: a `TokenBudgetBatcher` over packed lengths (its buckets
+            and batch sizes; its shuffling is not used).
+        progress: optional `_Progress`, updated per batch.
+    """
+    expected = tokenized.lengths()[1] + 1
+    results = [None] * len(tokenized)
+    for rows in token_budget_batches(tokenized, batcher):
+        top_ids, top_logits, coverage, lengths = (
+            t.numpy()
+            for t in top_k_fn(
+                _padded(tokenized.source, rows),
+                _padded(tokenized.target, rows),
+            )
+        )
+        for b, row in enumerate(rows):
+            pair_id = int(tokenized.ids[row])
+            length = int(lengths[b])
+            if length != expected[row]:
+                raise ValueError(
+                    f"Pair {pair_id}: the teacher input kept {length - 1} of "
+                    f"{expected[row] - 1} target tokens: the pair was cut to "
+                    "fit the teacher's max_sequence_length."
+                )
+            if not np.all(coverage[b, :length] == 1):
+                raise AssertionError(
+                    f"Pair {pair_id}: slots masked {coverage[b, :length]} "
+                    "times; each must be masked exactly once."
+                )
+            results[row] = serialize_targets(
+                pair_id, top_ids[b, :length], top_logits[b, :length]
+            )
+        if progress is not None:
+            progress.update(len(rows), int(np.sum(lengths)))
+    return results
+
+
+def _write_records(path, records):
+    """Writes `records` to `path` through a temporary name."""
+    temp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(temp) as writer:
+        for record in records:
+            writer.write(record)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+    return tf.io.gfile.stat(path).length
+
+
+def _check_layout(manifest, layout, output_dir):
+    different = {
+        key: (manifest.get(key), layout[key])
+        for key in LAYOUT_KEYS
+        if manifest.get(key) != layout[key]
+    }
+    if different:
+        details = "; ".join(
+            f"{key}: stored {old!r}, now {new!r}"
+            for key, (old, new) in different.items()
+        )
+        raise ValueError(
+            f"The targets in {output_dir!r} were dumped with other settings "
+            f"({details}). Refusing to mix them: use another output_dir or "
+            "delete that directory to dump again."
+        )
+
+
+def run(
+    *,
+    task,
+    work_dir,
+    teacher_dir=None,
+    output_dir=None,
+    split="train",
+    top_k=8,
+    num_passes=7,
+    tokens_per_batch=32768,
+    pairs_per_shard=4096,
+    mixed_precision=False,
+    max_new_shards=None,
+    log_every_seconds=60.0,
+):
+    """Dumps the teacher's top-K logits for every target position.
+
+    Args:
+        task: the `Task` (its data and length limits, as the student's).
+        work_dir: the pipeline's work directory (`vocab/`, `teacher/` in).
+        teacher_dir: the saved teacher (default `work_dir/teacher`).
+        output_dir: where the targets go (default `work_dir/targets`, or
+            `work_dir/targets_<split>` for a split other than train).
+        split: the task split to dump.
+        top_k: K, logits kept per position (1..64).
+        num_passes: P, copies per pair (circular masks).
+        tokens_per_batch: teacher tokens per forward pass, all copies and
+            padding included.
+        pairs_per_shard: pairs per TFRecord shard (the unit of resuming).
+        mixed_precision: run the teacher in `mixed_bfloat16`.
+        max_new_shards: stop after writing this many shards (None: all);
+            the next run goes on from there.
+        log_every_seconds: progress log period.
+
+    Returns:
+        `{"output_dir", "num_pairs", "num_positions", "bytes",
+        "complete", "seconds", "positions_per_second"}`.
+    """
+    if not 1 <= int(top_k) <= MAX_TOP_K:
+        raise ValueError(f"top_k must be in [1, {MAX_TOP_K}]; got {top_k!r}.")
+    if int(num_passes) < 1:
+        raise ValueError(f"num_passes must be >= 1; got {num_passes!r}.")
+    if int(pairs_per_shard) < 1:
+        raise ValueError(
+            f"pairs_per_shard must be >= 1; got {pairs_per_shard!r}."
+        )
+    top_k, num_passes = int(top_k), int(num_passes)
+    teacher_dir = teacher_dir or os.path.join(
+        work_dir, train_teacher.TEACHER_DIR
+    )
+    if output_dir is None:
+        name = TARGETS_DIR if split == "train" else f"{TARGETS_DIR}_{split}"
+        output_dir = os.path.join(work_dir, name)
+    tf.io.gfile.makedirs(output_dir)
+
+    vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
+    fingerprint = teacher_fingerprint(teacher_dir)
+    dtype = "mixed_bfloat16" if mixed_precision else None
+    teacher = train_teacher.load_teacher(teacher_dir, dtype=dtype)
+    if list(teacher.bert_ids) != vocab.bert_ids.tolist():
+        raise ValueError(
+            f"The teacher in {teacher_dir!r} predicts over another task "
+            f"vocabulary ({len(teacher.bert_ids)} entries) than "
+            f"{work_dir}/vocab ({vocab.size} entries)."
+        )
+    if top_k > teacher.vocabulary_size:
+        raise ValueError(
+            f"top_k={top_k} exceeds the task vocabulary size "
+            f"{teacher.vocabulary_size}."
+        )
+    tokenized = TokenizedPairs.from_pairs(
+        task.read(split),
+        vocab,
+        task.max_source_length,
+        task.max_target_length,
+    )
+    source_lengths, target_lengths = tokenized.lengths()
+    num_pairs = len(tokenized)
+    if num_pairs == 0:
+        raise ValueError(f"No {split!r} pairs left after tokenizing.")
+    max_packed = int(np.max(source_lengths + target_lengths)) + 3
+    teacher_max = int(teacher.backbone.max_sequence_length)
+    if max_packed > teacher_max:
+        raise ValueError(
+            f"The longest pair packs to {max_packed} tokens, more than the "
+            f"teacher's max_sequence_length={teacher_max}; lower the task's "
+            "max_source_length/max_target_length."
+        )
+    num_shards = -(-num_pairs // int(pairs_per_shard))
+    layout = {
+        "format_version": FORMAT_VERSION,
+        "split": split,
+        "teacher_fingerprint": fingerprint,
+        "vocabulary_fingerprint": vocab.fingerprint,
+        "data_fingerprint": data_fingerprint(tokenized),
+        "top_k": top_k,
+        "num_passes": num_passes,
+        "compute_dtype": "bfloat16" if mixed_precision else "float32",
+        "num_pairs": num_pairs,
+        "pairs_per_shard": int(pairs_per_shard),
+        "num_shards": num_shards,
+    }
+    manifest = read_manifest(output_dir)
+    if manifest is None:
+        manifest = dict(layout, shards={}, teacher_dir=teacher_dir)
+    else:
+        _check_layout(manifest, layout, output_dir)
+    # Leftovers of a crash mid-shard.
+    for name in tf.io.gfile.listdir(output_dir):
+        if ".tmp-" in name:
+            tf.io.gfile.remove(os.path.join(output_dir, name))
+    done = {
+        name: info
+        for name, info in manifest["shards"].items()
+        if tf.io.gfile.exists(os.path.join(output_dir, name))
+    }
+    manifest["shards"] = done
+    todo = [
+        s for s in range(num_shards) if shard_name(s, num_shards) not in done
+    ]
+    logging.info(
+        "dump_teacher: %d pairs in %d shards (%d to write), K=%d, P=%d, %s, "
+        "into %s",
+        num_pairs,
+        num_shards,
+        len(todo),
+        top_k,
+        num_passes,
+        layout["compute_dtype"],
+        output_dir,
+    )
+
+    preprocessor = CMLMPreprocessor(
+        vocab.bert_ids, max_sequence_length=teacher_max
+    )
+    top_k_fn = make_top_k_fn(teacher, preprocessor, num_passes, top_k)
+    boundaries = default_bucket_boundaries(max_packed)
+    # The budget counts every copy: a pair has at most P copies.
+    batcher = TokenBudgetBatcher(
+        max(int(tokens_per_batch) // num_passes, boundaries[-1]),
+        boundaries,
+        drop_remainder=False,
+    )
+    if max_new_shards is not None:
+        todo = todo[: int(max_new_shards)]
+    pairs_per_shard = int(pairs_per_shard)
+    rows = target_lengths + 1  # target tokens + the EOS slot
+    shards = {
+        s: slice(s * pairs_per_shard, (s + 1) * pairs_per_shard) for s in todo
+    }
+    progress = _Progress(
+        sum(len(rows[part]) for part in shards.values()),
+        int(sum(np.sum(rows[part]) for part in shards.values())),
+        log_every_seconds,
+    )
+    start = time.time()
+    for s, part in shards.items():
+        shard = _slice(tokenized, part.start, part.stop)
+        records = dump_pairs(shard, top_k_fn, batcher, progress)
+        name = shard_name(s, num_shards)
+        size = _write_records(os.path.join(output_dir, name), records)
+        manifest["shards"][name] = {
+            "pairs": len(shard),
+            "positions": int(np.sum(rows[part])),
+            "bytes": size,
+            "first_id": int(shard.ids[0]),
+            "last_id": int(shard.ids[-1]),
+        }
+        _update_totals(manifest)
+        _write_json_atomic(os.path.join(output_dir, MANIFEST_FILE), manifest)
+        logging.info(
+            "dump: wrote %s (%d pairs, %d bytes)", name, len(shard), size
+        )
+    progress.update(0, 0, force=True)
+    seconds = time.time() - start
+    _update_totals(manifest)
+    _write_json_atomic(os.path.join(output_dir, MANIFEST_FILE), manifest)
+    result = {
+        "output_dir": output_dir,
+        "num_pairs": num_pairs,
+        "num_positions": manifest["num_positions"],
+        "bytes": manifest["bytes"],
+        "complete": manifest["complete"],
+        "seconds": round(seconds, 2),
+        "positions_per_second": round(
+            progress.positions / max(seconds, 1e-9), 1
+        ),
+    }
+    logging.info("dump_teacher: %s", result)
+    return result
+
+
+def _update_totals(manifest):
+    shards = manifest["shards"]
+    manifest["num_positions"] = sum(v["positions"] for v in shards.values())
+    manifest["bytes"] = sum(v["bytes"] for v in shards.values())
+    manifest["complete"] = len(shards) == manifest["num_shards"]

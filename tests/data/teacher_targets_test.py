@@ -1,0 +1,227 @@
+"""TeacherTargets: reading dumps, K' <= K, joining and aligning by id."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bertkd_tf.data.batching import TokenBudgetBatcher
+from bertkd_tf.data.student_features import student_dataset
+from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.data.teacher_targets import (
+    TeacherTargets,
+    attach_teacher_targets,
+)
+from bertkd_tf.data.text_pairs import read_text_pairs
+from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.runs import dump_teacher
+
+K = 8
+
+
+def _fake_rows(labels, k, vocabulary_size):
+    """Top-K rows whose best id is the label; logits descending."""
+    length = len(labels)
+    ids = (labels[:, None] + np.arange(k)[None, :]) % vocabulary_size
+    logits = 10.0 - np.arange(k)[None, :] - 0.01 * np.arange(length)[:, None]
+    return ids.astype(np.int32), logits.astype(np.float16)
+
+
+def _write_dump(
+    directory,
+    tokenized,
+    vocab,
+    k=K,
+    skip=(),
+    shards=2,
+    complete=True,
+    split="train",
+):
+    """A dump as `dump_teacher` writes it, with made-up rows."""
+    os.makedirs(directory, exist_ok=True)
+    per_shard = -(-len(tokenized) // shards)
+    manifest = {
+        "format_version": dump_teacher.FORMAT_VERSION,
+        "split": split,
+        "teacher_fingerprint": "t" * 64,
+        "vocabulary_fingerprint": vocab.fingerprint,
+        "data_fingerprint": dump_teacher.data_fingerprint(tokenized),
+        "top_k": k,
+        "num_passes": 7,
+        "compute_dtype": "float32",
+        "num_pairs": len(tokenized),
+        "pairs_per_shard": per_shard,
+        "num_shards": shards,
+        "shards": {},
+        "complete": complete,
+    }
+    for s in range(shards if complete else shards - 1):
+        records = []
+        for n in range(s * per_shard, min((s + 1) * per_shard, len(tokenized))):
+            pair_id = int(tokenized.ids[n])
+            if pair_id in skip:
+                continue
+            labels = np.append(tokenized.target[n].numpy(), vocab.eos_id)
+            records.append(
+                dump_teacher.serialize_targets(
+                    pair_id, *_fake_rows(labels, k, vocab.size)
+                )
+            )
+        name = dump_teacher.shard_name(s, shards)
+        size = dump_teacher._write_records(
+            os.path.join(directory, name), records
+        )
+        manifest["shards"][name] = {"pairs": len(records), "bytes": size}
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return directory
+
+
+@pytest.fixture
+def tokenized(tiny_corpus, tiny_vocab):
+    pairs = read_text_pairs(tiny_corpus, "train", "de", "en")
+    return TokenizedPairs.from_pairs(pairs, tiny_vocab, 24, 24)
+
+
+def test_reads_every_pair_with_stored_k(tmp_path, tokenized, tiny_vocab):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    targets = TeacherTargets.load(directory, vocabulary=tiny_vocab)
+    assert len(targets) == len(tokenized) == 40
+    assert targets.top_k == K
+    np.testing.assert_array_equal(targets.ids, tokenized.ids)
+    np.testing.assert_array_equal(targets.lengths, tokenized.lengths()[1] + 1)
+    labels = np.append(tokenized.target[5].numpy(), tiny_vocab.eos_id)
+    ids, logits = targets.lookup(int(tokenized.ids[5]))
+    want_ids, want_logits = _fake_rows(labels, K, tiny_vocab.size)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(logits, want_logits)
+    with pytest.raises(KeyError, match="pair id 999"):
+        targets.lookup(999)
+
+
+def test_reading_k4_from_k8(tmp_path, tokenized, tiny_vocab):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    full = TeacherTargets.load(directory)
+    four = TeacherTargets.load(directory, top_k=4)
+    assert four.top_k == 4
+    np.testing.assert_array_equal(four.top_ids, full.top_ids[:, :4])
+    np.testing.assert_array_equal(four.top_logits, full.top_logits[:, :4])
+    example = next(iter(four.join(tokenized)))
+    assert example["teacher_ids"].shape == (len(example["target_ids"]) + 1, 4)
+    assert example["teacher_logits"].dtype == tf.float32
+    with pytest.raises(ValueError, match="top_k=9 but .* stores K=8"):
+        TeacherTargets.load(directory, top_k=9)
+
+
+def test_alignment_with_student_labels(tmp_path, tokenized, tiny_vocab):
+    """Row t of the targets lines up with the student's label t (EOS last)."""
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    targets = TeacherTargets.load(directory, top_k=3, vocabulary=tiny_vocab)
+    dataset = targets.join(tokenized)
+    assert targets.join_stats == {
+        "pairs": 40,
+        "joined": 40,
+        "dropped_without_targets": 0,
+    }
+    batcher = TokenBudgetBatcher(256, [16, 32], drop_remainder=False)
+    batches = student_dataset(
+        dataset, batcher, tiny_vocab.bos_id, tiny_vocab.eos_id
+    )
+    seen = 0
+    for x, y, sample_weight in batches:
+        labels = y["labels"].numpy()
+        assert y["teacher_ids"].shape == labels.shape + (3,)
+        assert y["teacher_logits"].shape == labels.shape + (3,)
+        real = sample_weight.numpy() > 0
+        # The fake teacher's best id is the label, at every real position,
+        # the EOS slot included; padding rows are zero.
+        np.testing.assert_array_equal(
+            y["teacher_ids"].numpy()[..., 0][real], labels[real]
+        )
+        assert np.all(y["teacher_logits"].numpy()[~real] == 0)
+        last = real.sum(axis=1) - 1
+        assert np.all(labels[np.arange(len(labels)), last] == tiny_vocab.eos_id)
+        # Labels are the decoder inputs shifted by one (BOS first).
+        decoder = x["decoder_token_ids"].numpy()
+        np.testing.assert_array_equal(
+            decoder[:, 1:][real[:, 1:]], labels[:, :-1][real[:, 1:]]
+        )
+        seen += len(labels)
+    assert seen == 40
+
+
+def test_attach_to_a_dataset(tmp_path, tokenized, tiny_vocab):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    dataset = attach_teacher_targets(
+        tokenized.to_dataset().shuffle(40, seed=1),
+        directory,
+        top_k=2,
+        vocabulary=tiny_vocab,
+    )
+    targets = TeacherTargets.load(directory, top_k=2)
+    count = 0
+    for example in dataset:
+        ids, logits = targets.lookup(int(example["id"]))
+        np.testing.assert_array_equal(example["teacher_ids"], ids)
+        np.testing.assert_array_equal(
+            example["teacher_logits"], logits.astype("float32")
+        )
+        count += 1
+    assert count == 40
+    with pytest.raises(ValueError, match="of split 'train', not 'valid'"):
+        attach_teacher_targets(tokenized.to_dataset(), directory, "valid")
+
+
+def test_missing_pairs_refused_unless_allowed(tmp_path, tokenized, tiny_vocab):
+    missing = {int(tokenized.ids[3]), int(tokenized.ids[30])}
+    directory = _write_dump(
+        str(tmp_path / "t"), tokenized, tiny_vocab, skip=missing
+    )
+    targets = TeacherTargets.load(directory)
+    with pytest.raises(ValueError, match="2 of 40 pairs have no teacher"):
+        targets.join(tokenized)
+    dataset = targets.join(tokenized, allow_missing=True)
+    assert targets.join_stats["dropped_without_targets"] == 2
+    ids = [int(e["id"]) for e in dataset]
+    assert len(ids) == 38 and not missing & set(ids)
+    # The tf.data path: an error naming the pair, or the pair dropped.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="No teacher"):
+        list(targets.attach(tokenized.to_dataset()))
+    kept = targets.attach(tokenized.to_dataset(), allow_missing=True)
+    assert sorted(int(e["id"]) for e in kept) == sorted(ids)
+
+
+def test_other_tokenization_refused(tmp_path, tokenized, tiny_vocab):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    targets = TeacherTargets.load(directory)
+    shorter = TokenizedPairs(
+        tokenized.ids, tokenized.source, tokenized.target[:, :3]
+    )
+    with pytest.raises(ValueError, match="rows but the student's target"):
+        targets.join(shorter)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rows"):
+        list(targets.attach(shorter.to_dataset()))
+
+
+def test_other_vocabulary_or_incomplete_refused(
+    tmp_path, tokenized, tiny_vocab
+):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    other = TaskVocabulary(
+        tiny_vocab.tokenizer, tiny_vocab.bert_ids[:-1], tiny_vocab.counts[:-1]
+    )
+    with pytest.raises(ValueError, match="another task vocabulary"):
+        TeacherTargets.load(directory, vocabulary=other)
+    with pytest.raises(ValueError, match="not the expected"):
+        TeacherTargets.load(directory, teacher_fingerprint="0" * 64)
+    partial = _write_dump(
+        str(tmp_path / "p"), tokenized, tiny_vocab, complete=False
+    )
+    with pytest.raises(ValueError, match=r"incomplete \(1 of 2 shards\)"):
+        TeacherTargets.load(partial)
+    half = TeacherTargets.load(partial, allow_incomplete=True)
+    assert len(half) == 20
+    with pytest.raises(FileNotFoundError, match="dump_teacher"):
+        TeacherTargets.load(str(tmp_path / "none"))

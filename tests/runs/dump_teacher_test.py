@@ -1,0 +1,377 @@
+"""dump_teacher: circular masks, top-K equal to direct passes, resume."""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bertkd_tf.data.task import Task
+from bertkd_tf.data.teacher_targets import TeacherTargets
+from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
+from bertkd_tf.models.cmlm_teacher import CMLMTeacher
+from bertkd_tf.runs import dump_teacher, train_teacher
+
+K = 8
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
+TINY_CORPUS = os.path.join(FIXTURES, "tiny_de_en")
+TINY_BERT_VOCAB = os.path.join(FIXTURES, "bert_vocab_uncased.txt")
+PAIRS_PER_SHARD = 16  # the 40 fixture pairs -> 3 shards
+
+
+def _save_teacher(vocab, directory, seed):
+    keras.utils.set_random_seed(seed)
+    teacher = CMLMTeacher.from_scratch(
+        vocab.bert_ids,
+        vocabulary_size=vocab.tokenizer.vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=64,
+    )
+    train_teacher.save_teacher(teacher, directory)
+
+
+def _task(corpus, **kwargs):
+    return Task(
+        corpus, "de", "en", max_source_length=24, max_target_length=24, **kwargs
+    )
+
+
+def _dump(work_dir, corpus, **kwargs):
+    settings = dict(
+        task=_task(corpus),
+        work_dir=work_dir,
+        top_k=K,
+        tokens_per_batch=2048,
+        pairs_per_shard=PAIRS_PER_SHARD,
+    )
+    settings.update(kwargs)
+    return dump_teacher.run(**settings)
+
+
+@pytest.fixture(scope="module")
+def dumped(tmp_path_factory):
+    """A work dir with vocab/, teacher/ and a complete targets/ dump."""
+    from bertkd_tf.data.bert_word_piece_tokenizer import (
+        BertWordPieceTokenizer,
+        load_bert_vocabulary,
+    )
+    from bertkd_tf.data.task_vocabulary import TaskVocabulary
+    from bertkd_tf.data.text_pairs import read_text_pairs
+
+    tokenizer = BertWordPieceTokenizer(load_bert_vocabulary(TINY_BERT_VOCAB))
+    pairs = read_text_pairs(TINY_CORPUS, "train", "de", "en")
+    vocab = TaskVocabulary.build(tokenizer, pairs.sources + pairs.targets)
+    work_dir = str(tmp_path_factory.mktemp("dump") / "work")
+    vocab.save(os.path.join(work_dir, "vocab"))
+    _save_teacher(vocab, os.path.join(work_dir, "teacher"), seed=1)
+    result = _dump(work_dir, TINY_CORPUS)
+    return {
+        "work_dir": work_dir,
+        "vocab": vocab,
+        "result": result,
+        "corpus": TINY_CORPUS,
+    }
+
+
+# Circular masks ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_passes", [1, 3, 7])
+def test_every_slot_masked_exactly_once(num_passes):
+    lengths = np.array([1, 2, 3, 6, 7, 8, 13, 14, 15, 40])
+    copy_pair, slots, valid = (
+        t.numpy() for t in dump_teacher.circular_mask_slots(lengths, num_passes)
+    )
+    for pair, length in enumerate(lengths):
+        mine = copy_pair == pair
+        copies = min(num_passes, length)
+        assert mine.sum() == copies
+        masked = slots[mine][valid[mine]]
+        # Each slot 0..T-1 (the EOS slot T-1 included) exactly once.
+        assert sorted(masked.tolist()) == list(range(length))
+        for i, (row, ok) in enumerate(zip(slots[mine], valid[mine])):
+            assert np.all(row[ok] % copies == i)
+            if length <= num_passes:
+                assert ok.sum() == 1  # short targets: one slot per copy
+
+
+def test_copies_mask_targets_never_sources(tiny_vocab):
+    preprocessor = CMLMPreprocessor(tiny_vocab.bert_ids, max_sequence_length=32)
+    packed = preprocessor.pack(
+        tf.ragged.constant([[7, 8, 9], [10]]),
+        tf.ragged.constant([[11, 12, 13, 14, 15, 16, 17, 18], [13, 14]]),
+    )
+    x, copy_pair, _, _ = dump_teacher.masked_copies(
+        packed, 7, preprocessor.mask_token_id
+    )
+    token_ids = x["token_ids"].numpy()
+    original = packed["token_ids"].numpy()
+    copy_pair = copy_pair.numpy()
+    assert copy_pair.tolist() == [0] * 7 + [1] * 3
+    starts = packed["target_start"].numpy()
+    rows = packed["target_length"].numpy() + 1
+    for pair in range(2):
+        copies = token_ids[copy_pair == pair]
+        changed = copies != original[pair]
+        target = np.zeros(original.shape[1], bool)
+        target[starts[pair] : starts[pair] + rows[pair]] = True
+        assert not changed[:, ~target].any()  # source, [CLS], padding kept
+        assert np.all(changed.sum(axis=0)[target] == 1)  # each slot once
+        assert np.all(copies[changed] == preprocessor.mask_token_id)
+        # Mask positions point at the masked tokens (the EOS slot included).
+        positions = x["mask_positions"].numpy()[copy_pair == pair]
+        for copy, row in zip(changed, positions):
+            assert set(np.flatnonzero(copy)) <= set(row.tolist())
+
+
+# Dump against direct forward passes ------------------------------------------
+
+
+def _direct_top_k(teacher, preprocessor, source, target, slots):
+    """Top-K of a single unpadded forward pass with exactly `slots` masked."""
+    packed = preprocessor.pack(
+        tf.constant(source, tf.int32), tf.constant(target, tf.int32)
+    )
+    positions = int(packed["target_start"]) + np.asarray(slots)
+    token_ids = packed["token_ids"].numpy().copy()
+    token_ids[positions] = preprocessor.mask_token_id
+    logits = teacher(
+        {
+            "token_ids": token_ids[None],
+            "segment_ids": packed["segment_ids"].numpy()[None],
+            "padding_mask": packed["padding_mask"].numpy()[None],
+            "mask_positions": positions[None].astype("int32"),
+        },
+        training=False,
+    )
+    values, ids = tf.math.top_k(logits[0], k=K)
+    return ids.numpy(), values.numpy()
+
+
+def _tokenized(dumped, **task_kwargs):
+    from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+
+    task = _task(dumped["corpus"], **task_kwargs)
+    return TokenizedPairs.from_pairs(
+        task.read("train"), dumped["vocab"], 24, 24
+    )
+
+
+def test_stored_top_k_equals_direct_pass_per_copy(dumped):
+    """Circular masks (P=7): each row equals a pass masking its copy."""
+    work_dir = dumped["work_dir"]
+    teacher = train_teacher.load_teacher(os.path.join(work_dir, "teacher"))
+    preprocessor = CMLMPreprocessor(dumped["vocab"].bert_ids, 64)
+    targets = TeacherTargets.load(os.path.join(work_dir, "targets"))
+    tokenized = _tokenized(dumped)
+    assert len(targets) == len(tokenized) == 40
+    lengths = tokenized.lengths()[1] + 1
+    longest = np.argsort(-lengths, kind="stable")[:2]
+    shortest = int(np.argmin(lengths))
+    assert lengths[longest[1]] > 7 >= lengths[shortest]
+    for n in [*longest, shortest]:
+        source = tokenized.source[n].numpy()
+        target = tokenized.target[n].numpy()
+        length = len(target) + 1
+        copies = min(7, length)
+        stored_ids, stored_logits = targets.lookup(tokenized.ids[n])
+        assert stored_ids.shape == (length, K)
+        for copy in sorted({0, 3 % copies, (length - 1) % copies}):
+            slots = list(range(copy, length, copies))
+            ids, logits = _direct_top_k(
+                teacher, preprocessor, source, target, slots
+            )
+            np.testing.assert_array_equal(stored_ids[slots], ids)
+            np.testing.assert_allclose(
+                stored_logits[slots].astype("float32"),
+                logits,
+                rtol=2e-3,
+                atol=2e-3,
+            )
+
+
+def test_stored_top_k_equals_pass_with_exactly_that_position_masked(
+    dumped, tmp_path
+):
+    """P larger than every target: each position is masked on its own."""
+    work_dir = dumped["work_dir"]
+    output_dir = str(tmp_path / "single")
+    _dump(
+        work_dir,
+        dumped["corpus"],
+        task=_task(dumped["corpus"], max_train_pairs=3),
+        num_passes=64,
+        output_dir=output_dir,
+    )
+    teacher = train_teacher.load_teacher(os.path.join(work_dir, "teacher"))
+    preprocessor = CMLMPreprocessor(dumped["vocab"].bert_ids, 64)
+    targets = TeacherTargets.load(output_dir)
+    tokenized = _tokenized(dumped, max_train_pairs=3)
+    assert len(targets) == 3
+    for n in range(3):
+        source = tokenized.source[n].numpy()
+        target = tokenized.target[n].numpy()
+        stored_ids, stored_logits = targets.lookup(tokenized.ids[n])
+        for slot in range(len(target) + 1):  # the EOS slot last
+            ids, logits = _direct_top_k(
+                teacher, preprocessor, source, target, [slot]
+            )
+            np.testing.assert_array_equal(stored_ids[slot], ids[0])
+            np.testing.assert_allclose(
+                stored_logits[slot].astype("float32"),
+                logits[0],
+                rtol=2e-3,
+                atol=2e-3,
+            )
+
+
+# Storage, resume, refusals -------------------------------------------------
+
+
+def test_manifest_and_shards(dumped):
+    output_dir = os.path.join(dumped["work_dir"], "targets")
+    with open(os.path.join(output_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["complete"] is True
+    assert manifest["top_k"] == K and manifest["num_passes"] == 7
+    assert manifest["num_pairs"] == 40 and manifest["num_shards"] == 3
+    assert manifest["vocabulary_fingerprint"] == dumped["vocab"].fingerprint
+    assert manifest["teacher_fingerprint"] == dump_teacher.teacher_fingerprint(
+        os.path.join(dumped["work_dir"], "teacher")
+    )
+    names = sorted(n for n in os.listdir(output_dir) if n.endswith(".tfrecord"))
+    assert names == [dump_teacher.shard_name(s, 3) for s in range(3)]
+    assert sorted(manifest["shards"]) == names
+    tokenized = _tokenized(dumped)
+    positions = int(np.sum(tokenized.lengths()[1] + 1))
+    assert manifest["num_positions"] == positions
+    assert dumped["result"]["num_positions"] == positions
+    assert manifest["bytes"] == sum(
+        os.path.getsize(os.path.join(output_dir, n)) for n in names
+    )
+    assert not [n for n in os.listdir(output_dir) if ".tmp-" in n]
+
+
+def test_resume_after_crash_is_byte_identical(dumped, tmp_path, monkeypatch):
+    work_dir = str(tmp_path / "work")
+    shutil.copytree(
+        os.path.join(dumped["work_dir"], "vocab"),
+        os.path.join(work_dir, "vocab"),
+    )
+    shutil.copytree(
+        os.path.join(dumped["work_dir"], "teacher"),
+        os.path.join(work_dir, "teacher"),
+    )
+    output_dir = os.path.join(work_dir, "targets")
+    partial = _dump(work_dir, dumped["corpus"], max_new_shards=1)
+    assert partial["complete"] is False
+    with pytest.raises(ValueError, match="incomplete"):
+        TeacherTargets.load(output_dir)
+    # A crash in the middle of the next shard leaves a temporary file.
+    leftover = os.path.join(output_dir, dump_teacher.shard_name(1, 3))
+    with open(leftover + ".tmp-999", "wb") as f:
+        f.write(b"half a shard")
+    first = os.path.join(output_dir, dump_teacher.shard_name(0, 3))
+    first_stat = os.stat(first)
+
+    written = []
+    write = dump_teacher._write_records
+    monkeypatch.setattr(
+        dump_teacher,
+        "_write_records",
+        lambda path, records: (
+            written.append(os.path.basename(path)) or write(path, records)
+        ),
+    )
+    resumed = _dump(work_dir, dumped["corpus"])
+    assert resumed["complete"] is True
+    assert written == [dump_teacher.shard_name(s, 3) for s in (1, 2)]
+    assert os.stat(first).st_mtime_ns == first_stat.st_mtime_ns
+    reference = os.path.join(dumped["work_dir"], "targets")
+    for s in range(3):
+        name = dump_teacher.shard_name(s, 3)
+        with (
+            open(os.path.join(output_dir, name), "rb") as a,
+            open(os.path.join(reference, name), "rb") as b,
+        ):
+            assert a.read() == b.read(), name
+    assert not [n for n in os.listdir(output_dir) if ".tmp-" in n]
+    # A finished dump: running again writes nothing.
+    written.clear()
+    _dump(work_dir, dumped["corpus"])
+    assert written == []
+
+
+def test_other_teacher_or_settings_refused(dumped, tmp_path):
+    work_dir = str(tmp_path / "work")
+    shutil.copytree(
+        os.path.join(dumped["work_dir"], "vocab"),
+        os.path.join(work_dir, "vocab"),
+    )
+    shutil.copytree(
+        os.path.join(dumped["work_dir"], "targets"),
+        os.path.join(work_dir, "targets"),
+    )
+    _save_teacher(dumped["vocab"], os.path.join(work_dir, "teacher"), seed=2)
+    with pytest.raises(ValueError, match="teacher_fingerprint: stored"):
+        _dump(work_dir, dumped["corpus"])
+    shutil.rmtree(os.path.join(work_dir, "teacher"))
+    shutil.copytree(
+        os.path.join(dumped["work_dir"], "teacher"),
+        os.path.join(work_dir, "teacher"),
+    )
+    with pytest.raises(ValueError, match="top_k: stored 8, now 16"):
+        _dump(work_dir, dumped["corpus"], top_k=16)
+    with pytest.raises(ValueError, match="num_passes: stored 7, now 5"):
+        _dump(work_dir, dumped["corpus"], num_passes=5)
+
+
+def test_bad_arguments_refused(dumped, tmp_path):
+    with pytest.raises(ValueError, match=r"top_k must be in \[1, 64\]; got 65"):
+        _dump(dumped["work_dir"], dumped["corpus"], top_k=65)
+    with pytest.raises(FileNotFoundError, match="train_teacher"):
+        _dump(
+            dumped["work_dir"],
+            dumped["corpus"],
+            teacher_dir=str(tmp_path / "none"),
+        )
+
+
+def test_mode_through_gin(dumped, tmp_path):
+    """The experiment gin runs the mode and writes its operative config."""
+    import gin
+    from bertkd_tf import main
+
+    output_dir = str(tmp_path / "targets")
+    gin.clear_config()
+    try:
+        result = main.run_mode(
+            "dump_teacher",
+            ["gin/experiments/multi30k_de_en_dump.gin"],
+            [
+                f"DATA_DIR='{dumped['corpus']}'",
+                f"WORK_DIR='{dumped['work_dir']}'",
+                "MIXED_PRECISION=False",
+                "TOKENS_PER_BATCH=2048",
+                "dump_teacher.run.pairs_per_shard=16",
+                f"dump_teacher.run.output_dir='{output_dir}'",
+            ],
+        )
+    finally:
+        gin.clear_config()
+    assert result["output_dir"] == output_dir and result["complete"]
+    assert os.path.exists(os.path.join(output_dir, "operative_config.gin"))
+    # Task limits 64/64 keep the same 40 pairs: the same shards as above.
+    for s in range(3):
+        name = dump_teacher.shard_name(s, 3)
+        with (
+            open(os.path.join(output_dir, name), "rb") as a,
+            open(os.path.join(dumped["work_dir"], "targets", name), "rb") as b,
+        ):
+            assert a.read() == b.read(), name
