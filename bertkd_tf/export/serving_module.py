@@ -1,0 +1,380 @@
+"""A `tf.Module` that serves the student: text in, text out, all in TF ops.
+
+The SavedModel it writes needs no Python from this package: tokenization
+(`TaskVocabulary.tokenize`: tensorflow-text `FastWordpieceTokenizer`,
+`case_fold_utf8`, `normalize_utf8` and core regex/string ops),
+the encoder, the cached decoder, beam search (`decoding.beam_search`) and
+detokenization (`TaskVocabulary.detokenize`) are all in the graph.
+TF Serving's model server links the TF Text ops; a plain Python process
+must `import tensorflow_text` before `tf.saved_model.load` (else "Op type
+not registered 'FastWordpieceTokenizeWithOffsets'").
+
+Signatures:
+- `serving_default`: `inputs` string `[batch]` -> `outputs` string
+  `[batch]`, `scores` float32 `[batch]` (the GNMT-normalised log
+  probability of the best hypothesis; greedy search: the summed log
+  probability).
+- `serve_token_ids`: `encoder_token_ids` and `encoder_padding_mask` int32
+  `[batch, length]` (task ids as the encoder reads them: the source, then
+  EOS = 3, padded with 0) -> `token_ids` int32 `[batch, width]` (the
+  generated task ids without BOS and EOS, padded with 0), `padding_mask`
+  int32 `[batch, width]`, `scores` float32 `[batch]`.
+
+Edge cases: sources longer than `max_source_length` are truncated (the
+first `max_source_length - 1` WordPieces, then EOS), as `Generator` does;
+inputs with no tokens (empty or blank strings, all-zero masks) give an
+empty output with score 0 without running the model; an empty batch gives
+empty outputs.
+"""
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from bertkd_tf.decoding.beam_search import beam_search, decode_lengths
+from bertkd_tf.decoding.greedy_search import greedy_search
+
+EXPORT_CONFIG_FILE = "bertkd_export.json"
+
+
+class ServingModule(tf.Module):
+    """The student and its task vocabulary as a servable `tf.Module`.
+
+    Decoding settings are fixed at export time (a SavedModel signature has
+    no Python arguments); export again to change them.
+
+    Args:
+        model: a `TransformerSeq2Seq` (`call_encoder`,
+            `call_decoder_with_cache`, `initialize_cache`).
+        vocabulary: the `TaskVocabulary` the model was trained with.
+        beam_size: int; 1 runs greedy search.
+        length_penalty: float, the GNMT exponent (unused by greedy search).
+        max_length: int, the most WordPieces generated (EOS included).
+        max_length_margin: int or None, per-example cap `source_length +
+            max_length_margin` (source length with EOS), as `Generator`.
+        max_source_length: int, the longest encoder input, EOS included;
+            longer sources are truncated. Default: the backbone's
+            `max_sequence_length`.
+        jit_compile: bool, compile the search with XLA. Off by default:
+            TF Serving runs XLA-marked functions on CPU only with
+            `--xla_cpu_compilation_enabled`, and shapes vary per request.
+
+    Example:
+    ```python
+    module = ServingModule(model, vocabulary, beam_size=4, max_length=64)
+    module.save("/tmp/export/1")
+    # Any TensorFlow process (no bertkd_tf):
+    import tensorflow as tf, tensorflow_text  # noqa: F401 (registers ops)
+    serve = tf.saved_model.load("/tmp/export/1").signatures["serving_default"]
+    serve(inputs=tf.constant(["ein hund läuft ."]))["outputs"]
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        vocabulary,
+        beam_size=4,
+        length_penalty=0.6,
+        max_length=100,
+        max_length_margin=50,
+        max_source_length=None,
+        jit_compile=False,
+    ):
+        super().__init__(name="bertkd_serving")
+        for method in (
+            "call_encoder",
+            "call_decoder_with_cache",
+            "initialize_cache",
+        ):
+            if not hasattr(model, method):
+                raise ValueError(
+                    f"`model` must have a `{method}` method (a "
+                    f"TransformerSeq2Seq). Received: {model!r}"
+                )
+        for attribute in ("tokenize", "detokenize", "save", "eos_id"):
+            if not hasattr(vocabulary, attribute):
+                raise ValueError(
+                    "`vocabulary` must be a TaskVocabulary. Received: "
+                    f"{vocabulary!r}"
+                )
+        if getattr(model.backbone, "vocabulary_size", vocabulary.size) != (
+            vocabulary.size
+        ):
+            raise ValueError(
+                "The model's vocabulary_size "
+                f"({model.backbone.vocabulary_size}) differs from the task "
+                f"vocabulary's size ({vocabulary.size}): wrong vocab/?"
+            )
+        if max_source_length is None:
+            max_source_length = model.backbone.max_sequence_length
+        for name, value, low in (
+            ("beam_size", beam_size, 1),
+            ("max_length", max_length, 1),
+            ("max_source_length", max_source_length, 2),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(
+                    f"`{name}` must be an int. Received: {name}={value!r}"
+                )
+            if value < low:
+                raise ValueError(
+                    f"`{name}` must be >= {low}. Received: {name}={value!r}"
+                )
+        if max_length_margin is not None and (
+            not isinstance(max_length_margin, int) or max_length_margin < 0
+        ):
+            raise ValueError(
+                "`max_length_margin` must be None or an int >= 0. Received: "
+                f"max_length_margin={max_length_margin!r}"
+            )
+        if not isinstance(length_penalty, (int, float)):
+            raise ValueError(
+                "`length_penalty` must be a float. Received: "
+                f"length_penalty={length_penalty!r}"
+            )
+        self.model = model
+        # Keras 3 variables wrap tf.Variables that tf.Module does not find
+        # on its own: without this list the SavedModel loads in TF2 but
+        # session-based loaders (TF Serving, saved_model_cli run) find the
+        # variables uninitialized ("Could not find variable ...").
+        self.model_variables = [variable.value for variable in model.variables]
+        self._vocabulary = vocabulary
+        self.beam_size = beam_size
+        self.length_penalty = float(length_penalty)
+        self.max_length = max_length
+        self.max_length_margin = max_length_margin
+        self.max_source_length = max_source_length
+        self.jit_compile = jit_compile
+        self.bos_id = vocabulary.bos_id
+        self.eos_id = vocabulary.eos_id
+        self.pad_id = vocabulary.pad_id
+        self.serve_strings = tf.function(
+            self._serve_strings,
+            input_signature=[tf.TensorSpec([None], tf.string, name="inputs")],
+        )
+        self.serve_token_ids = tf.function(
+            self._serve_token_ids,
+            input_signature=[
+                tf.TensorSpec([None, None], tf.int32, name="encoder_token_ids"),
+                tf.TensorSpec(
+                    [None, None], tf.int32, name="encoder_padding_mask"
+                ),
+            ],
+        )
+        self._search_function = tf.function(
+            self._search, jit_compile=jit_compile, autograph=False
+        )
+
+    # --- Settings ----------------------------------------------------------
+
+    def get_config(self):
+        """The export settings (written next to the SavedModel)."""
+        return {
+            "beam_size": self.beam_size,
+            "length_penalty": self.length_penalty,
+            "max_length": self.max_length,
+            "max_length_margin": self.max_length_margin,
+            "max_source_length": self.max_source_length,
+            "jit_compile": self.jit_compile,
+            "vocabulary_size": self._vocabulary.size,
+            "vocabulary_fingerprint": self._vocabulary.fingerprint,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+        }
+
+    # --- Graph -------------------------------------------------------------
+
+    def _search(self, encoder_token_ids, encoder_padding_mask):
+        """Dense encoder inputs (batch >= 1, length >= 1) -> ids, scores.
+
+        The same computation as `Generator`'s compiled search, over dynamic
+        batch and source lengths with a `max_length` decoding buffer.
+        """
+        model = self.model
+        batch_size = tf.shape(encoder_token_ids)[0]
+        source_length = tf.shape(encoder_token_ids)[1]
+        encoder_hidden = model.call_encoder(
+            encoder_token_ids, encoder_padding_mask
+        )
+        max_lengths = decode_lengths(
+            tf.reduce_sum(encoder_padding_mask, axis=1),
+            self.max_length,
+            self.max_length_margin,
+        )
+        self_cache, cross_cache = model.initialize_cache(
+            batch_size, self.max_length, source_length
+        )
+        # Cross-attention keys/values once, from one decoder step on BOS.
+        start = tf.fill([batch_size, 1], self.bos_id)
+        _, _, _, cross_cache = model.call_decoder_with_cache(
+            encoder_hidden,
+            encoder_padding_mask,
+            start,
+            self_attention_cache=self_cache,
+            self_attention_cache_update_index=0,
+            cross_attention_cache=cross_cache,
+            cross_attention_cache_update_index=0,
+        )
+        # Constant per example: repeated once for the beams, never reordered.
+        encoder_hidden = tf.repeat(encoder_hidden, self.beam_size, axis=0)
+        encoder_mask = tf.repeat(encoder_padding_mask, self.beam_size, axis=0)
+        cross_cache = tf.repeat(cross_cache, self.beam_size, axis=0)
+
+        def next_fn(token_ids, index, state):
+            last = tf.gather(token_ids, index, axis=1)[:, None]
+            logits, _, state, _ = model.call_decoder_with_cache(
+                encoder_hidden,
+                encoder_mask,
+                last,
+                self_attention_cache=state,
+                self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=None,
+            )
+            return logits[:, 0, :], state
+
+        initial_ids = tf.fill([batch_size], self.bos_id)
+        if self.beam_size == 1:
+            return greedy_search(
+                next_fn,
+                initial_ids,
+                self_cache,
+                max_length=self.max_length,
+                eos_id=self.eos_id,
+                max_lengths=max_lengths,
+                pad_id=self.pad_id,
+            )
+        return beam_search(
+            next_fn,
+            initial_ids,
+            self_cache,
+            beam_size=self.beam_size,
+            max_length=self.max_length,
+            eos_id=self.eos_id,
+            length_penalty=self.length_penalty,
+            max_lengths=max_lengths,
+            pad_id=self.pad_id,
+        )
+
+    def _decode(self, encoder_token_ids, encoder_padding_mask, empty):
+        """Searches the non-empty batch; empty rows get PAD and score 0.
+
+        Returns `(ids [batch, max_length] without EOS, padded with PAD,
+        mask [batch, max_length], scores [batch])`.
+        """
+        batch_size = tf.shape(encoder_token_ids)[0]
+        # An all-padding row would attend to nothing: give it a lone EOS.
+        first = tf.range(tf.shape(encoder_token_ids)[1])[None, :] == 0
+        fill = empty[:, None] & first
+        encoder_token_ids = tf.where(fill, self.eos_id, encoder_token_ids)
+        encoder_padding_mask = tf.where(fill, 1, encoder_padding_mask)
+
+        def search():
+            return self._search_function(
+                encoder_token_ids, encoder_padding_mask
+            )
+
+        def nothing():
+            return (
+                tf.zeros([0, self.max_length], tf.int32),
+                tf.zeros([0], tf.float32),
+            )
+
+        sequences, scores = tf.cond(batch_size > 0, search, nothing)
+        sequences = tf.ensure_shape(sequences, [None, self.max_length])
+        # Keep what comes before the first EOS (as Generator's id output).
+        is_eos = tf.cast(tf.equal(sequences, self.eos_id), tf.int32)
+        before_eos = tf.equal(tf.cumsum(is_eos, axis=1), 0)
+        mask = before_eos & tf.logical_not(empty)[:, None]
+        # PAD written after EOS is not output either.
+        last = tf.reduce_max(
+            tf.where(
+                mask & tf.not_equal(sequences, self.pad_id),
+                tf.range(1, self.max_length + 1)[None, :],
+                0,
+            ),
+            axis=1,
+        )
+        mask &= tf.range(self.max_length)[None, :] < last[:, None]
+        sequences = tf.where(mask, sequences, self.pad_id)
+        scores = tf.where(empty, 0.0, scores)
+        return sequences, tf.cast(mask, tf.int32), scores
+
+    def _serve_strings(self, inputs):
+        source = self._vocabulary.tokenize(inputs)
+        source = source[:, : self.max_source_length - 1]
+        empty = tf.equal(source.row_lengths(), 0)
+        eos = tf.fill([source.nrows(), 1], self.eos_id)
+        source = tf.concat([source, tf.RaggedTensor.from_tensor(eos)], axis=1)
+        ids = source.to_tensor(default_value=self.pad_id)
+        mask = tf.ones_like(source, dtype=tf.int32).to_tensor()
+        sequences, _, scores = self._decode(ids, mask, empty)
+        outputs = self._vocabulary.detokenize(sequences)
+        outputs = tf.where(empty, "", outputs)
+        return {"outputs": outputs, "scores": scores}
+
+    def _serve_token_ids(self, encoder_token_ids, encoder_padding_mask):
+        ids = tf.cast(encoder_token_ids, tf.int32)
+        mask = tf.cast(tf.not_equal(encoder_padding_mask, 0), tf.int32)
+        lengths = tf.reduce_sum(mask, axis=1)
+        # At least one column (an all-empty batch may arrive as [n, 0]).
+        width = tf.maximum(tf.shape(ids)[1], 1)
+        ids = tf.pad(ids, [[0, 0], [0, width - tf.shape(ids)[1]]])
+        mask = tf.pad(mask, [[0, 0], [0, width - tf.shape(mask)[1]]])
+        # Too long: the first max_source_length - 1 tokens, then EOS.
+        limit = self.max_source_length
+        ids, mask = ids[:, :limit], mask[:, :limit]
+        positions = tf.range(tf.shape(ids)[1])[None, :]
+        cut = (lengths > limit)[:, None] & (positions == limit - 1)
+        ids = tf.where(cut, self.eos_id, ids)
+        sequences, out_mask, scores = self._decode(
+            ids, mask, tf.equal(lengths, 0)
+        )
+        width = tf.reduce_max(
+            tf.concat([tf.reduce_sum(out_mask, axis=1), [0]], axis=0)
+        )
+        return {
+            "token_ids": sequences[:, :width],
+            "padding_mask": out_mask[:, :width],
+            "scores": scores,
+        }
+
+    # --- Saving ------------------------------------------------------------
+
+    def signatures(self):
+        """`{"serving_default": ..., "serve_token_ids": ...}` concrete fns."""
+        return {
+            "serving_default": self.serve_strings.get_concrete_function(),
+            "serve_token_ids": self.serve_token_ids.get_concrete_function(),
+        }
+
+    def save(self, path):
+        """Writes the SavedModel to `path` (a new or empty directory).
+
+        The task vocabulary files (`task_vocabulary.tsv`, `bert_vocab.txt`,
+        `tokenizer.json`) go in `assets/`, and the export settings in
+        `assets.extra/bertkd_export.json` (TF Serving ignores both; the
+        tokenizer reads its WordPiece model from the graph).
+        """
+        if os.path.exists(path) and os.listdir(path):
+            raise FileExistsError(
+                f"Will not overwrite the non-empty directory {path!r}."
+            )
+        signatures = self.signatures()
+        with tempfile.TemporaryDirectory() as vocabulary_dir:
+            self._vocabulary.save(vocabulary_dir)
+            self.vocabulary_files = {
+                name: tf.saved_model.Asset(os.path.join(vocabulary_dir, name))
+                for name in sorted(os.listdir(vocabulary_dir))
+            }
+            tf.saved_model.save(self, path, signatures=signatures)
+        extra = os.path.join(path, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, EXPORT_CONFIG_FILE), "w") as f:
+            json.dump(self.get_config(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        return path
