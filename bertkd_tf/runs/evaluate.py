@@ -23,8 +23,8 @@ import time
 
 import keras
 from absl import logging
+from sacremoses import MosesDetokenizer
 
-from bertkd_tf.data.bert_word_piece_tokenizer import unescape_moses
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.metrics.scoring import score_hypotheses
@@ -191,9 +191,12 @@ def run(
 
     plain = None
     if vocabulary.tokenizer.moses_escapes:
+        # Moses-tokenized corpora: sacreBLEU and chrF score detokenized
+        # text, as their standard signatures assume.
+        detokenizer = MosesDetokenizer(lang=task.target_language)
         plain = (
-            [unescape_moses(h) for h in hypotheses],
-            [unescape_moses(r) for r in references],
+            [detokenizer.detokenize(h.split()) for h in hypotheses],
+            [detokenizer.detokenize(r.split()) for r in references],
         )
     scores = score_hypotheses(metrics, hypotheses, references, plain)
     target_tokens = sum(len(h.split()) for h in hypotheses)

@@ -182,6 +182,8 @@ def fit_resumable(
         writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
     logger = _StepLogger(writer, log_every_steps)
     num_chunks = -(-total_steps // checkpoint_every_steps)
+    # With gradient accumulation a step (an update) takes several batches.
+    batches_per_step = model.optimizer.gradient_accumulation_steps or 1
     result = {"step": step, "elapsed_s": elapsed}
 
     while step < total_steps:
@@ -192,7 +194,7 @@ def fit_resumable(
             train_dataset_fn(step),
             initial_epoch=chunk,
             epochs=chunk + 1,
-            steps_per_epoch=steps,
+            steps_per_epoch=steps * batches_per_step,
             callbacks=[logger, *callbacks],
             verbose=verbose,
             shuffle=False,  # The dataset shuffles itself, by seed.

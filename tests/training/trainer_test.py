@@ -96,3 +96,27 @@ def test_validate_every_must_be_multiple_of_chunk(tmp_path):
             checkpoint_every_steps=4,
             validate_every_steps=6,
         )
+
+
+def test_gradient_accumulation_counts_updates(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(
+        keras.optimizers.Adam(0.01, gradient_accumulation_steps=2), loss="mse"
+    )
+    result = trainer.fit_resumable(
+        model,
+        _dataset_fn,
+        model_dir=str(tmp_path),
+        total_steps=6,
+        checkpoint_every_steps=3,
+        verbose=0,
+    )
+    assert result["step"] == 6
+    assert int(model.optimizer.iterations.numpy()) == 6
+    assert int(model.optimizer._iterations.numpy()) == 12  # batches seen
+    index_files = sorted(
+        f for f in os.listdir(tmp_path / "checkpoints") if f.endswith(".index")
+    )
+    assert index_files == ["ckpt-3.index", "ckpt-6.index"]

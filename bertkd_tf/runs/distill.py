@@ -1,0 +1,369 @@
+"""`distill`: train the student, with the teacher's soft targets or without.
+
+`distillation_weight > 0` trains the distilled student of the paper
+(`(1 - w) * label-smoothed xent + w * top-K KD`, PAPER.md §3) on the
+teacher targets dumped by `dump_teacher`; `distillation_weight = 0` trains
+the plain Transformer baseline (no targets needed).
+
+Reads `WORK_DIR/vocab/` (from `prepare`), the task's text pairs and, when
+distilling, the teacher targets under `WORK_DIR/targets/` (through
+`teacher_targets_fn`). Writes into `WORK_DIR/<model_dir>/` (`student/` when
+distilling, `baseline/` otherwise, unless `model_dir` is given):
+
+- `checkpoints/` (model + optimizer every `checkpoint_every_steps`, the last
+  `keep_checkpoints` kept): the same command after a crash or kill -9
+  resumes at the last checkpoint with the step count, optimizer state and
+  data order of an uninterrupted run;
+- `logs/` (TensorBoard: loss, xent, kd, learning rate; validation loss),
+  `history.jsonl` (one record per chunk);
+- the final student for `evaluate`/`export`: `student_config.json`
+  (`keras.saving.serialize_keras_object` of the `TransformerSeq2Seq`) and
+  `final.weights.h5`. Load it with `load_student(WORK_DIR/student)`.
+  `tools/average_checkpoints.py` writes an averaged weights file next to it.
+
+Optimisation (PAPER.md §4): Adam(0.9, 0.98, eps 1e-9), the noam schedule
+`learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`, token-budget
+batches (`tokens_per_batch` is the global budget of one batch; with
+`gradient_accumulation_steps = n` an update sees n batches),
+`mixed_precision` (`mixed_bfloat16`; logits and losses stay float32) and
+`jit_compile` (XLA) as options. Validation reports the label-smoothed
+cross-entropy (`val_loss = val_xent`, comparable between baseline and
+student) every `validate_every_steps`.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from bertkd_tf.data.batching import (
+    TokenBudgetBatcher,
+    default_bucket_boundaries,
+)
+from bertkd_tf.data.student_features import student_dataset
+from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
+from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from bertkd_tf.training import trainer
+from bertkd_tf.training.distillation_model import DistillationModel
+from bertkd_tf.training.schedules import NoamSchedule
+from bertkd_tf.training.strategy import get_strategy
+
+VOCAB_DIR = "vocab"
+TARGETS_DIR = "targets"
+STUDENT_DIR = "student"
+BASELINE_DIR = "baseline"
+STUDENT_CONFIG = "student_config.json"
+FINAL_WEIGHTS = "final.weights.h5"
+
+
+def build_student(vocabulary_size, backbone_fn=None, dtype=None):
+    """A `TransformerSeq2Seq` over `backbone_fn(vocabulary_size, dtype)`.
+
+    `backbone_fn` defaults to `TransformerSeq2SeqBackbone` (gin binds its
+    size arguments in `gin/models/transformer_*.gin`).
+    """
+    backbone_fn = backbone_fn or TransformerSeq2SeqBackbone
+    backbone = backbone_fn(vocabulary_size=vocabulary_size, dtype=dtype)
+    return TransformerSeq2Seq(backbone=backbone)
+
+
+def save_student(student, directory):
+    """Writes `student_config.json` and `final.weights.h5` to `directory`."""
+    tf.io.gfile.makedirs(directory)
+    config = keras.saving.serialize_keras_object(student)
+    with open(os.path.join(directory, STUDENT_CONFIG), "w") as f:
+        json.dump(config, f)
+    student.save_weights(os.path.join(directory, FINAL_WEIGHTS))
+
+
+def student_from_config(directory, dtype=None):
+    """The untrained student described by `directory/student_config.json`."""
+    config_path = os.path.join(directory, STUDENT_CONFIG)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(
+            f"No trained student in {directory!r} (missing {STUDENT_CONFIG}):"
+            " run `--mode=distill` first."
+        )
+    with open(config_path) as f:
+        config = json.load(f)
+    if dtype is not None:
+        config["config"]["backbone"]["config"]["dtype"] = dtype
+    return keras.saving.deserialize_keras_object(config)
+
+
+def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
+    """The student saved by `distill` in `directory` (e.g. WORK_DIR/student).
+
+    Args:
+        directory: the directory with `student_config.json` and the weights.
+        dtype: optional dtype policy to run it in (e.g. "mixed_bfloat16").
+        weights_file: weights file in `directory`, e.g. the output of
+            `tools/average_checkpoints.py`.
+    """
+    student = student_from_config(directory, dtype=dtype)
+    student.load_weights(os.path.join(directory, weights_file))
+    return student
+
+
+def _default_teacher_targets_fn(dataset, targets_dir, split, top_k):
+    from bertkd_tf.data import teacher_targets
+
+    return teacher_targets.attach_teacher_targets(
+        dataset, targets_dir, split=split, top_k=top_k
+    )
+
+
+def make_datasets(
+    train_pairs,
+    valid_pairs,
+    batcher,
+    bos_id,
+    eos_id,
+    attach_targets=None,
+):
+    """`(train_dataset_fn, valid_dataset)` for `fit_resumable`.
+
+    `train_dataset_fn(seed_offset)` is infinite; pass `e` over the data is
+    shuffled with seed `batcher.seed + seed_offset` (reshuffled each pass).
+    `attach_targets(dataset)` adds the teacher targets to the training
+    examples (offline distillation); validation uses the labels only.
+    """
+    base = train_pairs.to_dataset()
+    if attach_targets is not None:
+        base = attach_targets(base)
+    size = len(train_pairs)
+
+    def train_dataset_fn(seed_offset):
+        examples = base.shuffle(
+            size,
+            seed=batcher.seed + int(seed_offset),
+            reshuffle_each_iteration=True,
+        ).repeat()
+        return student_dataset(
+            examples, batcher, bos_id, eos_id, seed_offset=seed_offset
+        ).prefetch(tf.data.AUTOTUNE)
+
+    valid_dataset = None
+    if valid_pairs is not None and len(valid_pairs):
+        valid_batcher = TokenBudgetBatcher(
+            batcher.tokens_per_batch,
+            batcher.bucket_boundaries,
+            num_replicas=batcher.num_replicas,
+            drop_remainder=False,
+        )
+        valid_dataset = student_dataset(
+            valid_pairs.to_dataset(), valid_batcher, bos_id, eos_id
+        ).cache()
+        batches = sum(1 for _ in valid_dataset)
+        valid_dataset = valid_dataset.apply(
+            tf.data.experimental.assert_cardinality(batches)
+        )
+    return train_dataset_fn, valid_dataset
+
+
+def compile_student_model(
+    model,
+    *,
+    learning_rate,
+    hidden_dim,
+    warmup_steps,
+    adam_beta_1=0.9,
+    adam_beta_2=0.98,
+    adam_epsilon=1e-9,
+    clipnorm=None,
+    gradient_accumulation_steps=None,
+    jit_compile=False,
+):
+    """Compiles a `DistillationModel` (call inside the strategy scope)."""
+    optimizer = keras.optimizers.Adam(
+        learning_rate=NoamSchedule(learning_rate, hidden_dim, warmup_steps),
+        beta_1=adam_beta_1,
+        beta_2=adam_beta_2,
+        epsilon=adam_epsilon,
+        global_clipnorm=clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    return model
+
+
+def run(
+    task,
+    work_dir,
+    backbone_fn=None,
+    model_dir=None,
+    distillation_weight=0.5,
+    temperature=10.0,
+    top_k=8,
+    label_smoothing=0.1,
+    distillation_form="paper",
+    targets_dir=None,
+    teacher_targets_fn=None,
+    learning_rate=2.0,
+    warmup_steps=8000,
+    total_steps=100_000,
+    tokens_per_batch=6144,
+    gradient_accumulation_steps=None,
+    adam_beta_1=0.9,
+    adam_beta_2=0.98,
+    adam_epsilon=1e-9,
+    clipnorm=None,
+    checkpoint_every_steps=1000,
+    validate_every_steps=None,
+    keep_checkpoints=5,
+    max_valid_pairs=None,
+    strategy="default",
+    tpu_address=None,
+    mixed_precision=False,
+    jit_compile=False,
+    seed=0,
+    verbose="auto",
+):
+    """Trains the student (or the baseline); returns the last history record.
+
+    Args:
+        task: a `Task` (data, languages, splits, length limits).
+        work_dir: the pipeline's work directory (`vocab/`, `targets/` in;
+            `student/` or `baseline/` out).
+        backbone_fn: `(vocabulary_size, dtype) -> TransformerSeq2SeqBackbone`
+            (gin: `@transformer_backbone.TransformerSeq2SeqBackbone` with its
+            sizes bound in `gin/models/`).
+        model_dir: output directory name under `work_dir`; default
+            `student` when `distillation_weight > 0`, else `baseline`.
+        distillation_weight: the weight of the KD term (paper's alpha).
+        temperature: teacher temperature T.
+        top_k: teacher logits used per position (K; the dump may hold more).
+        label_smoothing: smoothing of the cross-entropy term.
+        distillation_form: `"paper"` or `"hinton"`.
+        targets_dir: the teacher targets (default `work_dir/targets`).
+        teacher_targets_fn: `(dataset, targets_dir, split, top_k) ->
+            dataset` adding `teacher_ids` / `teacher_logits` (`[T + 1, K]`,
+            aligned with `target + [EOS]`) to `{"id", "source_ids",
+            "target_ids"}` examples; default
+            `bertkd_tf.data.teacher_targets.attach_teacher_targets`.
+        learning_rate: noam scale factor (paper: 1 baseline, 2 distilled).
+        warmup_steps: noam warm-up steps.
+        total_steps: optimizer updates to train for.
+        tokens_per_batch: global token budget of one batch.
+        gradient_accumulation_steps: batches per update (None: 1).
+        adam_beta_1, adam_beta_2, adam_epsilon: Adam settings.
+        clipnorm: optional global gradient-norm clip.
+        checkpoint_every_steps: checkpoint (and chunk) period.
+        validate_every_steps: validation period (multiple of the above).
+        keep_checkpoints: checkpoints kept (average them with
+            `tools/average_checkpoints.py`).
+        max_valid_pairs: validate on the first N valid pairs only.
+        strategy: `default | mirrored | multi_worker | tpu`.
+        tpu_address: TPU name/address for `strategy="tpu"`.
+        mixed_precision: train in `mixed_bfloat16`.
+        jit_compile: compile the train step with XLA.
+        seed: seed of initialisation and data order.
+        verbose: Keras progress bar setting.
+    """
+    if gradient_accumulation_steps in (0, 1):
+        gradient_accumulation_steps = None
+    keras.utils.set_random_seed(seed)
+    distribution = get_strategy(strategy, tpu_address=tpu_address)
+    replicas = distribution.num_replicas_in_sync
+    distilling = distillation_weight > 0
+    if model_dir is None:
+        model_dir = STUDENT_DIR if distilling else BASELINE_DIR
+    output_dir = os.path.join(work_dir, model_dir)
+    tf.io.gfile.makedirs(output_dir)
+
+    vocab = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
+    train_pairs = TokenizedPairs.from_pairs(
+        task.read("train"),
+        vocab,
+        task.max_source_length,
+        task.max_target_length,
+    )
+    valid_pairs = None
+    if task.valid_split:
+        valid_pairs = TokenizedPairs.from_pairs(
+            task.read("valid", max_pairs=max_valid_pairs),
+            vocab,
+            task.max_source_length,
+            task.max_target_length,
+        )
+    attach_targets = None
+    if distilling:
+        targets_dir = targets_dir or os.path.join(work_dir, TARGETS_DIR)
+        targets_fn = teacher_targets_fn or _default_teacher_targets_fn
+
+        def attach_targets(dataset):
+            return targets_fn(dataset, targets_dir, "train", top_k)
+
+    # +1: EOS on the encoder side, BOS/EOS on the decoder side.
+    longest = max(task.max_source_length, task.max_target_length) + 1
+    batcher = TokenBudgetBatcher(
+        tokens_per_batch,
+        default_bucket_boundaries(longest),
+        num_replicas=replicas,
+        seed=seed,
+    )
+    train_dataset_fn, valid_dataset = make_datasets(
+        train_pairs,
+        valid_pairs,
+        batcher,
+        vocab.bos_id,
+        vocab.eos_id,
+        attach_targets=attach_targets,
+    )
+
+    with distribution.scope():
+        student = build_student(
+            vocab.size,
+            backbone_fn=backbone_fn,
+            dtype="mixed_bfloat16" if mixed_precision else None,
+        )
+        model = DistillationModel(
+            student,
+            distillation_weight=distillation_weight,
+            temperature=temperature,
+            label_smoothing=label_smoothing,
+            distillation_form=distillation_form,
+            top_k=top_k,
+        )
+        compile_student_model(
+            model,
+            learning_rate=learning_rate,
+            hidden_dim=student.backbone.hidden_dim,
+            warmup_steps=warmup_steps,
+            adam_beta_1=adam_beta_1,
+            adam_beta_2=adam_beta_2,
+            adam_epsilon=adam_epsilon,
+            clipnorm=clipnorm,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            jit_compile=jit_compile,
+        )
+        x, _, _ = next(iter(train_dataset_fn(0).take(1)))
+        model(x)  # Build.
+    logging.info(
+        "%s: %d parameters, task vocabulary %d, %d training pairs, "
+        "distillation_weight %s, %d replica(s)",
+        model_dir,
+        student.count_params(),
+        vocab.size,
+        len(train_pairs),
+        distillation_weight,
+        replicas,
+    )
+    result = trainer.fit_resumable(
+        model,
+        train_dataset_fn,
+        model_dir=output_dir,
+        total_steps=total_steps,
+        checkpoint_every_steps=checkpoint_every_steps,
+        validation_dataset=valid_dataset,
+        validate_every_steps=validate_every_steps,
+        keep_checkpoints=keep_checkpoints,
+        verbose=verbose,
+    )
+    save_student(student, output_dir)
+    logging.info("student saved to %s: %s", output_dir, result)
+    return {**result, "output_dir": output_dir}

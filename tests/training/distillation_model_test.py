@@ -1,0 +1,335 @@
+"""Tests of DistillationModel: loss, metrics, teacher, replicas, workers."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
+from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
+from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
+from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from bertkd_tf.training.distillation_model import DistillationModel
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+VOCAB, B, S, T, K = 40, 4, 5, 6, 3
+
+
+def make_student(seed=1):
+    keras.utils.set_random_seed(seed)
+    return TransformerSeq2Seq(
+        TransformerSeq2SeqBackbone(
+            vocabulary_size=VOCAB,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            dropout=0.0,
+        )
+    )
+
+
+def make_data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = {
+        "encoder_token_ids": rng.integers(5, VOCAB, (B, S)).astype("int32"),
+        "encoder_padding_mask": np.ones((B, S), "int32"),
+        "decoder_token_ids": rng.integers(5, VOCAB, (B, T)).astype("int32"),
+        "decoder_padding_mask": np.ones((B, T), "int32"),
+    }
+    x["decoder_padding_mask"][:, 4:] = 0
+    y = {
+        "labels": rng.integers(5, VOCAB, (B, T)).astype("int32"),
+        "teacher_ids": rng.integers(0, VOCAB, (B, T, K)).astype("int32"),
+        "teacher_logits": rng.normal(size=(B, T, K)).astype("float32") * 3,
+    }
+    weights = x["decoder_padding_mask"].astype("float32")
+    return x, y, weights
+
+
+def test_loss_is_weighted_sum_and_metrics_logged():
+    x, y, weights = make_data()
+    model = DistillationModel(
+        make_student(), distillation_weight=0.3, temperature=2.0
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    scores = model.evaluate(
+        tf.data.Dataset.from_tensors((x, y, weights)),
+        return_dict=True,
+        verbose=0,
+    )
+    logits = model.student(x)
+    xent = float(TokenCrossEntropy(0.1)(y["labels"], logits, weights))
+    kd = float(TopKDistillationLoss(2.0)(y, logits, weights))
+    assert scores["xent"] == pytest.approx(xent, rel=1e-5)
+    assert scores["kd"] == pytest.approx(kd, rel=1e-5)
+    assert scores["loss"] == pytest.approx(0.7 * xent + 0.3 * kd, rel=1e-5)
+
+
+def test_weight_zero_is_exactly_cross_entropy():
+    x, y, weights = make_data()
+    model = DistillationModel(make_student(), distillation_weight=0.0)
+    logits = model(x)
+    loss = model.compute_loss(x, y, logits, weights)
+    xent = TokenCrossEntropy(0.1)(y["labels"], logits, weights)
+    assert float(loss) == float(xent)  # Exactly, not approximately.
+    # Labels alone are enough for the baseline; kd is not logged.
+    model.compile(optimizer="sgd")
+    history = model.fit(
+        tf.data.Dataset.from_tensors((x, y["labels"], weights)).repeat(),
+        steps_per_epoch=2,
+        verbose=0,
+    )
+    assert set(history.history) == {"loss", "xent"}
+    assert history.history["loss"] == history.history["xent"]
+
+
+def test_padding_never_counts():
+    x, y, weights = make_data()
+    model = DistillationModel(make_student(), distillation_weight=0.5)
+    logits = model(x)
+    base = float(model.compute_loss(x, y, logits, weights))
+    changed = {k: v.copy() for k, v in y.items()}
+    changed["labels"][:, 4:] = 7
+    changed["teacher_logits"][:, 4:] = 1e3
+    assert float(model.compute_loss(x, changed, logits, weights)) == (
+        pytest.approx(base)
+    )
+
+
+def test_offline_distillation_needs_targets():
+    x, y, weights = make_data()
+    model = DistillationModel(make_student(), distillation_weight=0.5)
+    with pytest.raises(ValueError, match="teacher_ids"):
+        model.compute_loss(x, y["labels"], model(x), weights)
+
+
+def make_teacher():
+    """A tiny stand-in teacher: token ids -> logits [B, T, V]."""
+    keras.utils.set_random_seed(7)
+    ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    h = keras.layers.Embedding(VOCAB, 8)(ids)
+    logits = keras.layers.Dense(VOCAB)(h)
+    return keras.Model(ids, logits, name="stand_in_teacher")
+
+
+def test_online_teacher_is_frozen_and_used():
+    x, y, weights = make_data()
+    teacher = make_teacher()
+    before = [w.numpy().copy() for w in teacher.weights]
+    x = dict(x, teacher_inputs=y["labels"])
+    model = DistillationModel(
+        make_student(),
+        distillation_weight=0.5,
+        temperature=2.0,
+        teacher=teacher,
+        top_k=4,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(
+        tf.data.Dataset.from_tensors((x, y["labels"], weights)).repeat(),
+        steps_per_epoch=3,
+        verbose=0,
+    )
+    assert set(history.history) == {"loss", "xent", "kd"}
+    for w, b in zip(teacher.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    assert all(
+        not any(w is t for t in teacher.weights)
+        for w in model.trainable_weights
+    )
+    # The online kd equals the offline kd with the teacher's top-K.
+    logits = model(x)
+    full = np.asarray(teacher(y["labels"]))
+    ids = np.argsort(-full, -1)[..., :4]
+    offline = {
+        "teacher_ids": ids,
+        "teacher_logits": np.take_along_axis(full, ids, -1),
+    }
+    expected = TopKDistillationLoss(2.0)(offline, logits, weights)
+    model.kd_tracker.reset_state()
+    model.compute_loss(x, y["labels"], logits, weights)
+    assert float(model.kd_tracker.result()) == pytest.approx(
+        float(expected), rel=1e-5
+    )
+
+
+def test_serialization_round_trip(tmp_path):
+    model = DistillationModel(
+        make_student(),
+        distillation_weight=0.5,
+        temperature=10.0,
+        label_smoothing=0.2,
+        distillation_form="hinton",
+        teacher=make_teacher(),
+        top_k=5,
+    )
+    x, _, _ = make_data()
+    x = dict(x, teacher_inputs=x["decoder_token_ids"])
+    expected = model(x)
+    clone = DistillationModel.from_config(model.get_config())
+    for key in (
+        "distillation_weight",
+        "temperature",
+        "label_smoothing",
+        "distillation_form",
+        "top_k",
+    ):
+        assert getattr(clone, key) == getattr(model, key)
+    assert clone.teacher is not None and not clone.teacher.trainable
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(restored(x), expected, rtol=1e-6)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="distillation_weight=1.5"):
+        DistillationModel(make_student(), distillation_weight=1.5)
+    with pytest.raises(ValueError, match="top_k=0"):
+        DistillationModel(make_student(), top_k=0)
+
+
+# --- Distribution (subprocesses: devices must be set before TF starts) ----
+
+REPLICA_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from tests.training.distillation_model_test import make_data, make_student
+    from bertkd_tf.training.distillation_model import DistillationModel
+
+    def train(strategy):
+        x, y, w = make_data()
+        # Same real-token count in each half: per-replica means average to
+        # the global mean exactly.
+        ds = tf.data.Dataset.from_tensors((x, y, w)).repeat()
+        with strategy.scope():
+            model = DistillationModel(make_student(), 0.5, temperature=2.0)
+            # SGD, not Adam: Adam would hide doubled gradients.
+            model.compile(optimizer=keras.optimizers.SGD(0.5))
+        hist = model.fit(ds, steps_per_epoch=4, verbose=0).history
+        weights = [v.numpy() for v in model.student.weights]
+        return hist, weights
+
+    one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(one[1], two[1]))
+    init = [v.numpy() for v in make_student().weights]
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(one[1], init))
+    print(json.dumps({"one": one[0], "two": two[0], "max_weight_diff": diff,
+                      "moved": moved}))
+    """
+)
+
+
+def run_script(script, args=(), env=None, timeout=240):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.Popen(
+        [sys.executable, "-c", script, REPO, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def test_one_and_two_replicas_agree():
+    proc = run_script(REPLICA_SCRIPT)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    for key in ("loss", "xent", "kd"):
+        assert result["two"][key] == pytest.approx(result["one"][key], 1e-5)
+    assert result["moved"] > 1e-2
+    assert result["max_weight_diff"] < 1e-5
+
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    sys.path.insert(0, sys.argv[1])
+    from bertkd_tf.training.strategy import get_strategy
+    strategy = get_strategy("multi_worker")
+    import keras
+    from tests.training.distillation_model_test import make_data, make_student
+    from bertkd_tf.training.distillation_model import DistillationModel
+    x, y, w = make_data()
+    ds = tf.data.Dataset.from_tensors((x, y, w)).repeat()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF)
+    ds = ds.with_options(options)
+    with strategy.scope():
+        model = DistillationModel(make_student(), 0.5, temperature=2.0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        model(x)  # Built models skip Keras' symbolic build (see the model).
+    hist = model.fit(ds, steps_per_epoch=3, verbose=0).history
+    np.savez(sys.argv[2], *[v.numpy() for v in model.student.weights])
+    print(json.dumps(hist))
+    """
+)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_agree(tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        tf_config = {
+            "cluster": cluster,
+            "task": {"type": "worker", "index": index},
+        }
+        procs.append(
+            run_script(
+                WORKER_SCRIPT,
+                args=[str(tmp_path / f"w{index}.npz")],
+                env={"TF_CONFIG": json.dumps(tf_config)},
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert outputs[0]["loss"] == pytest.approx(outputs[1]["loss"])
+    w0 = np.load(tmp_path / "w0.npz")
+    w1 = np.load(tmp_path / "w1.npz")
+    assert len(w0.files) == len(w1.files) > 0
+    for key in w0.files:
+        np.testing.assert_allclose(w0[key], w1[key], rtol=1e-6, atol=1e-7)
+    # And training moved them away from the initialisation.
+    init = [v.numpy() for v in make_student().weights]
+    assert (
+        max(np.abs(w0[f"arr_{i}"] - v).max() for i, v in enumerate(init)) > 1e-3
+    )

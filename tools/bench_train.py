@@ -1,0 +1,220 @@
+r"""Student training throughput: target tokens/s and model FLOP utilisation.
+
+    python tools/bench_train.py [--vocabulary_size=16000] [--steps=20]
+
+Trains the CPU-sized student (d 256, 3+3 layers, 4 heads, FFN 1024 by
+default) with `fit` on a fixed synthetic batch of `batch_size x
+target_length` target tokens (and as many source tokens) and prints, for
+baseline (distillation weight 0) vs distillation (top-K targets, K 8),
+float32 vs mixed_bfloat16 and XLA off vs on: the step time, target tokens/s,
+the model's training FLOP/s and its utilisation of the matmul ceiling
+measured here in TensorFlow (a large float32 and a large bfloat16 matmul).
+
+Model FLOPs are counted analytically (2 FLOPs a multiply-add, training =
+3x forward): attention and feedforward projections, attention scores, the
+tied output layer.
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bertkd_tf.models.transformer_backbone import (  # noqa: E402
+    TransformerSeq2SeqBackbone,
+)
+from bertkd_tf.models.transformer_seq2seq import (  # noqa: E402
+    TransformerSeq2Seq,
+)
+from bertkd_tf.training.distillation_model import (  # noqa: E402
+    DistillationModel,
+)
+
+VOCABULARY_SIZE = flags.DEFINE_integer(
+    "vocabulary_size", 16000, "Task vocabulary size (IWSLT14's, if known)."
+)
+HIDDEN_DIM = flags.DEFINE_integer("hidden_dim", 256, "Model width.")
+NUM_LAYERS = flags.DEFINE_integer("num_layers", 3, "Encoder/decoder layers.")
+NUM_HEADS = flags.DEFINE_integer("num_heads", 4, "Attention heads.")
+INTERMEDIATE_DIM = flags.DEFINE_integer("intermediate_dim", 1024, "FFN width.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sentences a batch.")
+LENGTH = flags.DEFINE_integer(
+    "length", 32, "Source and target length (tokens a sentence)."
+)
+TOP_K = flags.DEFINE_integer("top_k", 8, "Teacher logits per position.")
+STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per setting.")
+WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (tracing, XLA).")
+ONLY = flags.DEFINE_list(
+    "only", [], "Run only these settings, e.g. baseline/bf16/xla-off."
+)
+
+
+def matmul_ceiling(dtype, n=2048, repeats=10):
+    """FLOP/s of an n x n x n matmul in a tf.function (graph mode)."""
+    a = tf.random.normal([n, n], dtype="float32")
+    b = tf.random.normal([n, n], dtype="float32")
+    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+
+    @tf.function
+    def chain(a, b):
+        out = a
+        for _ in range(repeats):
+            out = tf.matmul(a, b) + out * 0  # Dependent chain, no CSE.
+        return out
+
+    chain(a, b).numpy()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        chain(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 * repeats / best
+
+
+def training_flops(d, f, layers, heads, vocab, batch, source, target):
+    """Analytic training FLOPs of one step (3x forward, 2 FLOPs a MAC)."""
+    del heads
+    encoder = layers * source * (4 * d * d + 2 * d * f + 2 * source * d)
+    decoder = layers * (
+        target * (4 * d * d + 2 * target * d)  # self-attention
+        + target * 2 * d * d  # cross-attention Q and output
+        + source * 2 * d * d  # cross-attention K and V
+        + target * 2 * source * d  # cross-attention scores
+        + target * 2 * d * f  # feedforward
+    )
+    output = target * d * vocab
+    return 3 * 2 * batch * (encoder + decoder + output)
+
+
+def make_batch(vocab, batch, length, top_k, seed=0):
+    rng = np.random.default_rng(seed)
+    x = {
+        "encoder_token_ids": rng.integers(5, vocab, (batch, length)),
+        "encoder_padding_mask": np.ones((batch, length)),
+        "decoder_token_ids": rng.integers(5, vocab, (batch, length)),
+        "decoder_padding_mask": np.ones((batch, length)),
+    }
+    x = {k: v.astype("int32") for k, v in x.items()}
+    y = {
+        "labels": rng.integers(5, vocab, (batch, length)).astype("int32"),
+        "teacher_ids": rng.integers(0, vocab, (batch, length, top_k)).astype(
+            "int32"
+        ),
+        "teacher_logits": rng.normal(size=(batch, length, top_k)).astype(
+            "float32"
+        ),
+    }
+    weights = np.ones((batch, length), "float32")
+    return x, y, weights
+
+
+class _Timer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])  # Wait for the step.
+        self.times.append(time.perf_counter())
+
+
+def measure(distill, dtype, jit_compile, data):
+    keras.utils.set_random_seed(0)
+    backbone = TransformerSeq2SeqBackbone(
+        vocabulary_size=VOCABULARY_SIZE.value,
+        num_layers=NUM_LAYERS.value,
+        num_heads=NUM_HEADS.value,
+        hidden_dim=HIDDEN_DIM.value,
+        intermediate_dim=INTERMEDIATE_DIM.value,
+        dropout=0.1,
+        dtype=dtype,
+    )
+    model = DistillationModel(
+        TransformerSeq2Seq(backbone),
+        distillation_weight=0.5 if distill else 0.0,
+        temperature=10.0,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4, beta_2=0.98),
+        jit_compile=jit_compile,
+    )
+    x, y, weights = data
+    if not distill:
+        y = y["labels"]
+    dataset = tf.data.Dataset.from_tensors((x, y, weights)).repeat()
+    timer = _Timer()
+    model.fit(
+        dataset,
+        steps_per_epoch=WARMUP.value + STEPS.value,
+        callbacks=[timer],
+        verbose=0,
+    )
+    times = timer.times[WARMUP.value - 1 :]
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def main(argv):
+    del argv
+    tf.config.optimizer.set_jit(False)
+    ceilings = {
+        "float32": matmul_ceiling("float32"),
+        "bf16": matmul_ceiling("bfloat16"),
+    }
+    d, f = HIDDEN_DIM.value, INTERMEDIATE_DIM.value
+    batch, length = BATCH_SIZE.value, LENGTH.value
+    flops = training_flops(
+        d,
+        f,
+        NUM_LAYERS.value,
+        NUM_HEADS.value,
+        VOCABULARY_SIZE.value,
+        batch,
+        length,
+        length,
+    )
+    tokens = batch * length
+    print(
+        f"student d {d}, {NUM_LAYERS.value}+{NUM_LAYERS.value} layers, "
+        f"{NUM_HEADS.value} heads, FFN {f}, vocabulary "
+        f"{VOCABULARY_SIZE.value}; batch {batch} x {length} = {tokens} "
+        f"target tokens; {flops / 1e12:.3f} TFLOP a step; "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(
+        "matmul ceiling (TF, 2048^3): float32 "
+        f"{ceilings['float32'] / 1e12:.2f} TFLOP/s, bfloat16 "
+        f"{ceilings['bf16'] / 1e12:.2f} TFLOP/s"
+    )
+    data = make_batch(VOCABULARY_SIZE.value, batch, length, TOP_K.value)
+    header = (
+        f"| {'setting':<26} | step s | tokens/s | TFLOP/s | MFU (own ceiling) |"
+    )
+    print(header)
+    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    for mode in ("baseline", "distill"):
+        for precision in ("float32", "bf16"):
+            for xla in (False, True):
+                name = f"{mode}/{precision}/xla-{'on' if xla else 'off'}"
+                if ONLY.value and name not in ONLY.value:
+                    continue
+                dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
+                step = measure(mode == "distill", dtype, xla, data)
+                rate = flops / step
+                print(
+                    f"| {name:<26} | {step:6.3f} | {tokens / step:8.0f} | "
+                    f"{rate / 1e12:7.3f} | "
+                    f"{100 * rate / ceilings[precision]:16.1f}% |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    app.run(main)
