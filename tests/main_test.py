@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
+import gin
 import pytest
 
-import gin
 from bertkd_tf import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -346,6 +346,7 @@ def test_bad_arguments_refused(dumped, tmp_path):
 def test_mode_through_gin(dumped, tmp_path):
     """The experiment gin runs the mode and writes its operative config."""
     import gin
+
     from bertkd_tf import main
 
     output_dir = str(tmp_path / "targets")

@@ -162,6 +162,7 @@ def test_translate_file_keeps_order_and_empty_lines(setup, tmp_path):
 
 def test_gin_files_parse(tmp_path):
     import gin
+
     from bertkd_tf import main
 
     try:
