@@ -28,53 +28,17 @@ from sacremoses import MosesDetokenizer
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.metrics.scoring import score_hypotheses
+from bertkd_tf.runs.distill import load_student
 
 VOCAB_DIR = "vocab"
 EVALUATE_DIR = "evaluate"
 HYPOTHESES_FILE = "hypotheses.txt"
 REFERENCES_FILE = "references.txt"
 SCORES_FILE = "scores.json"
-STUDENT_CONFIG = "student_config.json"
-FINAL_WEIGHTS = "final.weights.h5"
 DEFAULT_METRICS = {
     "translation": ("bleu", "sacrebleu", "chrf"),
     "summarization": ("rouge1", "rouge2", "rougeL"),
 }
-
-
-def load_student(directory, dtype=None):
-    """The student saved by `distill` in `directory`.
-
-    Uses `bertkd_tf.runs.distill.load_student` when that module provides
-    it; otherwise reads `student_config.json` (a serialized
-    `TransformerSeq2Seq`) and `final.weights.h5`, the layout `train_teacher`
-    uses for the teacher.
-
-    Args:
-        directory: e.g. `WORK_DIR/student`.
-        dtype: optional dtype policy to run the model in.
-    """
-    try:
-        from bertkd_tf.runs import distill
-    except ImportError:
-        distill = None
-    if distill is not None and hasattr(distill, "load_student"):
-        if dtype is None:
-            return distill.load_student(directory)
-        return distill.load_student(directory, dtype=dtype)
-    config_path = os.path.join(directory, STUDENT_CONFIG)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"No trained student in {directory!r} (missing {STUDENT_CONFIG}):"
-            " run `--mode=distill` first."
-        )
-    with open(config_path) as f:
-        config = json.load(f)
-    if dtype is not None:
-        config["config"]["backbone"]["config"]["dtype"] = dtype
-    model = keras.saving.deserialize_keras_object(config)
-    model.load_weights(os.path.join(directory, FINAL_WEIGHTS))
-    return model
 
 
 def _write_lines(path, lines):

@@ -33,7 +33,8 @@ from absl import logging
 
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.export.serving_module import EXPORT_CONFIG_FILE, ServingModule
-from bertkd_tf.runs.evaluate import VOCAB_DIR, load_student
+from bertkd_tf.runs.distill import load_student
+from bertkd_tf.runs.evaluate import VOCAB_DIR
 
 EXPORT_DIR = "export"
 

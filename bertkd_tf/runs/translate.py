@@ -17,7 +17,8 @@ from absl import logging
 
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
-from bertkd_tf.runs.evaluate import VOCAB_DIR, load_student
+from bertkd_tf.runs.distill import load_student
+from bertkd_tf.runs.evaluate import VOCAB_DIR
 
 
 def _read_lines(input_file):

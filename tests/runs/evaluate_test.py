@@ -15,6 +15,7 @@ from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.runs import evaluate, translate
+from bertkd_tf.runs.distill import save_student
 
 WORDS = "a dog cat runs the red ball ein hund katze läuft der rote".split()
 BERT_VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s"]
@@ -26,16 +27,7 @@ SETTINGS = dict(beam_size=2, max_length=6, batch_size=3, jit_compile=False)
 
 def _save_student(model, directory):
     os.makedirs(directory, exist_ok=True)
-    try:
-        from bertkd_tf.runs import distill
-    except ImportError:
-        distill = None
-    if distill is not None and hasattr(distill, "save_student"):
-        distill.save_student(model, directory)
-        return
-    with open(os.path.join(directory, evaluate.STUDENT_CONFIG), "w") as f:
-        json.dump(keras.saving.serialize_keras_object(model), f)
-    model.save_weights(os.path.join(directory, evaluate.FINAL_WEIGHTS))
+    save_student(model, directory)
 
 
 @pytest.fixture()
