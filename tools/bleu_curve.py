@@ -35,6 +35,9 @@ BEAM = flags.DEFINE_integer("beam_size", 1, "1: greedy.")
 MAX_PAIRS = flags.DEFINE_integer("max_pairs", None, "Decode the first N.")
 OUTPUT = flags.DEFINE_string("output", None, "Path stem for .json/.png.")
 BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings.")
+PREVIOUS = flags.DEFINE_multi_string(
+    "previous", [], "JSON outputs of earlier runs to include, not recompute."
+)
 
 
 def _task():
@@ -96,10 +99,12 @@ def curve(task, vocab, model_dir):
 def main(_):
     task = _task()
     vocab = TaskVocabulary.load(os.path.join(WORK_DIR.value, "vocab"))
-    curves = {
-        name: curve(task, vocab, os.path.join(WORK_DIR.value, name))
-        for name in MODEL_DIRS.value
-    }
+    curves = {}
+    for path in PREVIOUS.value:
+        with open(path) as f:
+            curves.update(json.load(f))
+    for name in MODEL_DIRS.value:
+        curves[name] = curve(task, vocab, os.path.join(WORK_DIR.value, name))
     print(
         "\n| model | step | BLEU (tokenized) | sacreBLEU |"
         "\n|---|---:|---:|---:|"
