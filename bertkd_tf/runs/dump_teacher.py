@@ -15,7 +15,8 @@ tokenized and filtered exactly as the student reads them
   vocabulary and the tokenized pairs, K, P, the number of pairs and
   positions, the shard layout and the list of finished shards.
 
-Circular masks (PAPER.md section 2, Chen et al., ACL 2020): a pair with `T` rows gets
+Circular masks (PAPER.md section 2, Chen et al., ACL 2020): a pair with `T`
+rows gets
 `n = min(P, T)` copies; copy `i` masks target slots `i, i + n, i + 2n, ...`
 (slot `T - 1` is the final `[SEP]`, labelled EOS), so every slot is masked
 exactly once and the source never. All copies of a batch of pairs go
