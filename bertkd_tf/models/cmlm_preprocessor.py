@@ -2,8 +2,7 @@
 
 Packs `[CLS] source [SEP] target [SEP]` in BERT ids and masks target tokens
 only (Chen et al., ACL 2020, section 1 of PAPER.md). Pure TensorFlow ops:
-usable inside
-`tf.data` (graph mode) and eagerly.
+usable inside `tf.data` (graph mode) and eagerly.
 """
 
 import keras
