@@ -22,6 +22,118 @@ def _power_of_two_at_least(value):
     return 1 << max(0, int(value) - 1).bit_length()
 
 
+def decode_student(
+    model,
+    encoder_token_ids,
+    encoder_padding_mask,
+    *,
+    buffer_length,
+    max_length_margin,
+    beam_size,
+    length_penalty,
+    bos_id,
+    eos_id,
+    pad_id,
+    num_return_sequences=None,
+    use_cache=True,
+):
+    """Graph: encoder inputs -> (ids, scores) by greedy or beam search.
+
+    The one search of a `TransformerSeq2Seq`, shared by `Generator` (per
+    bucket, XLA) and the SavedModel export (dynamic shapes). The encoder
+    and the cross-attention keys/values run once; the self-attention cache
+    has `buffer_length` slots; `use_cache=False` recomputes the decoder
+    prefix at every step (the baseline the cache is measured against).
+    """
+    batch_size = tf.shape(encoder_token_ids)[0]
+    source_length = tf.shape(encoder_token_ids)[1]
+    encoder_hidden = model.call_encoder(encoder_token_ids, encoder_padding_mask)
+    max_lengths = decode_lengths(
+        tf.reduce_sum(encoder_padding_mask, axis=1),
+        buffer_length,
+        max_length_margin,
+    )
+    # Cross-attention keys/values, once: one decoder step on BOS at batch
+    # size (its self-attention cache is thrown away).
+    self_cache, cross_cache = model.initialize_cache(
+        batch_size, buffer_length, source_length
+    )
+    start = tf.fill([batch_size, 1], bos_id)
+    _, _, _, cross_cache = model.call_decoder_with_cache(
+        encoder_hidden,
+        encoder_padding_mask,
+        start,
+        self_attention_cache=self_cache,
+        self_attention_cache_update_index=0,
+        cross_attention_cache=cross_cache,
+        cross_attention_cache_update_index=0,
+    )
+    # Constant per example: repeated once for the beams, captured by
+    # `next_fn`, never reordered.
+    encoder_hidden = tf.repeat(encoder_hidden, beam_size, axis=0)
+    encoder_mask = tf.repeat(encoder_padding_mask, beam_size, axis=0)
+    cross_cache = tf.repeat(cross_cache, beam_size, axis=0)
+
+    if use_cache:
+
+        def next_fn(token_ids, index, state):
+            last = tf.gather(token_ids, index, axis=1)[:, None]
+            logits, _, state, _ = model.call_decoder_with_cache(
+                encoder_hidden,
+                encoder_mask,
+                last,
+                self_attention_cache=state,
+                self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=None,
+            )
+            return logits[:, 0, :], state
+
+        initial_state = self_cache
+    else:
+
+        def next_fn(token_ids, index, state):
+            fresh, _ = model.initialize_cache(
+                tf.shape(token_ids)[0], buffer_length, source_length
+            )
+            logits, _, _, _ = model.call_decoder_with_cache(
+                encoder_hidden,
+                encoder_mask,
+                token_ids[:, :buffer_length],
+                self_attention_cache=fresh,
+                self_attention_cache_update_index=0,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=None,
+            )
+            return tf.gather(logits, index, axis=1), state
+
+        initial_state = ()
+
+    initial_ids = tf.fill([batch_size], bos_id)
+    if beam_size == 1:
+        return greedy_search(
+            next_fn,
+            initial_ids,
+            initial_state,
+            max_length=buffer_length,
+            eos_id=eos_id,
+            max_lengths=max_lengths,
+            pad_id=pad_id,
+        )
+    return beam_search(
+        next_fn,
+        initial_ids,
+        initial_state,
+        beam_size=beam_size,
+        max_length=buffer_length,
+        eos_id=eos_id,
+        length_penalty=length_penalty,
+        max_lengths=max_lengths,
+        num_return_sequences=num_return_sequences,
+        pad_id=pad_id,
+    )
+
+
 class Generator:
     """Decodes strings or token ids with a student model.
 
@@ -181,94 +293,19 @@ class Generator:
         def search(encoder_token_ids, encoder_padding_mask):
             # Runs once per trace: counts compilations.
             self.compile_count += 1
-            batch_size = tf.shape(encoder_token_ids)[0]
-            encoder_hidden = model.call_encoder(
-                encoder_token_ids, encoder_padding_mask
-            )
-            source_lengths = tf.reduce_sum(encoder_padding_mask, axis=1)
-            max_lengths = decode_lengths(
-                source_lengths, buffer_length, max_length_margin
-            )
-            # Cross-attention keys/values, once: one decoder step on BOS
-            # at batch size (its self-attention cache is thrown away).
-            self_cache, cross_cache = model.initialize_cache(
-                batch_size, buffer_length, bucket
-            )
-            start = tf.fill([batch_size, 1], self.bos_id)
-            _, _, _, cross_cache = model.call_decoder_with_cache(
-                encoder_hidden,
+            return decode_student(
+                model,
+                encoder_token_ids,
                 encoder_padding_mask,
-                start,
-                self_attention_cache=self_cache,
-                self_attention_cache_update_index=0,
-                cross_attention_cache=cross_cache,
-                cross_attention_cache_update_index=0,
-            )
-            # Constant per example: repeat once for the beams, captured by
-            # `next_fn`, never reordered.
-            rows = 1 if beam_size == 1 else beam_size
-            encoder_hidden = tf.repeat(encoder_hidden, rows, axis=0)
-            encoder_mask = tf.repeat(encoder_padding_mask, rows, axis=0)
-            cross_cache = tf.repeat(cross_cache, rows, axis=0)
-
-            if use_cache:
-
-                def next_fn(token_ids, index, state):
-                    last = tf.gather(token_ids, index, axis=1)[:, None]
-                    logits, _, state, _ = model.call_decoder_with_cache(
-                        encoder_hidden,
-                        encoder_mask,
-                        last,
-                        self_attention_cache=state,
-                        self_attention_cache_update_index=index,
-                        cross_attention_cache=cross_cache,
-                        cross_attention_cache_update_index=None,
-                    )
-                    return logits[:, 0, :], state
-
-                initial_state = self_cache
-            else:
-                # Recomputes the whole decoder prefix at every step (the
-                # baseline the cache is measured against).
-                def next_fn(token_ids, index, state):
-                    fresh, _ = model.initialize_cache(
-                        tf.shape(token_ids)[0], buffer_length, bucket
-                    )
-                    logits, _, _, _ = model.call_decoder_with_cache(
-                        encoder_hidden,
-                        encoder_mask,
-                        token_ids[:, :buffer_length],
-                        self_attention_cache=fresh,
-                        self_attention_cache_update_index=0,
-                        cross_attention_cache=cross_cache,
-                        cross_attention_cache_update_index=None,
-                    )
-                    return tf.gather(logits, index, axis=1), state
-
-                initial_state = ()
-
-            initial_ids = tf.fill([batch_size], self.bos_id)
-            if beam_size == 1:
-                return greedy_search(
-                    next_fn,
-                    initial_ids,
-                    initial_state,
-                    max_length=buffer_length,
-                    eos_id=self.eos_id,
-                    max_lengths=max_lengths,
-                    pad_id=self.pad_id,
-                )
-            return beam_search(
-                next_fn,
-                initial_ids,
-                initial_state,
+                buffer_length=buffer_length,
+                max_length_margin=max_length_margin,
                 beam_size=beam_size,
-                max_length=buffer_length,
-                eos_id=self.eos_id,
                 length_penalty=length_penalty,
-                max_lengths=max_lengths,
-                num_return_sequences=num_return_sequences,
+                bos_id=self.bos_id,
+                eos_id=self.eos_id,
                 pad_id=self.pad_id,
+                num_return_sequences=num_return_sequences,
+                use_cache=use_cache,
             )
 
         return tf.function(search, jit_compile=self.jit_compile)

@@ -33,8 +33,7 @@ import tempfile
 
 import tensorflow as tf
 
-from bertkd_tf.decoding.beam_search import beam_search, decode_lengths
-from bertkd_tf.decoding.greedy_search import greedy_search
+from bertkd_tf.decoding.generator import decode_student
 
 EXPORT_CONFIG_FILE = "bertkd_export.json"
 
@@ -191,72 +190,19 @@ class ServingModule(tf.Module):
     def _search(self, encoder_token_ids, encoder_padding_mask):
         """Dense encoder inputs (batch >= 1, length >= 1) -> ids, scores.
 
-        The same computation as `Generator`'s compiled search, over dynamic
-        batch and source lengths with a `max_length` decoding buffer.
+        `Generator`'s search (`decode_student`) over dynamic batch and
+        source lengths with a `max_length` decoding buffer.
         """
-        model = self.model
-        batch_size = tf.shape(encoder_token_ids)[0]
-        source_length = tf.shape(encoder_token_ids)[1]
-        encoder_hidden = model.call_encoder(
-            encoder_token_ids, encoder_padding_mask
-        )
-        max_lengths = decode_lengths(
-            tf.reduce_sum(encoder_padding_mask, axis=1),
-            self.max_length,
-            self.max_length_margin,
-        )
-        self_cache, cross_cache = model.initialize_cache(
-            batch_size, self.max_length, source_length
-        )
-        # Cross-attention keys/values once, from one decoder step on BOS.
-        start = tf.fill([batch_size, 1], self.bos_id)
-        _, _, _, cross_cache = model.call_decoder_with_cache(
-            encoder_hidden,
+        return decode_student(
+            self.model,
+            encoder_token_ids,
             encoder_padding_mask,
-            start,
-            self_attention_cache=self_cache,
-            self_attention_cache_update_index=0,
-            cross_attention_cache=cross_cache,
-            cross_attention_cache_update_index=0,
-        )
-        # Constant per example: repeated once for the beams, never reordered.
-        encoder_hidden = tf.repeat(encoder_hidden, self.beam_size, axis=0)
-        encoder_mask = tf.repeat(encoder_padding_mask, self.beam_size, axis=0)
-        cross_cache = tf.repeat(cross_cache, self.beam_size, axis=0)
-
-        def next_fn(token_ids, index, state):
-            last = tf.gather(token_ids, index, axis=1)[:, None]
-            logits, _, state, _ = model.call_decoder_with_cache(
-                encoder_hidden,
-                encoder_mask,
-                last,
-                self_attention_cache=state,
-                self_attention_cache_update_index=index,
-                cross_attention_cache=cross_cache,
-                cross_attention_cache_update_index=None,
-            )
-            return logits[:, 0, :], state
-
-        initial_ids = tf.fill([batch_size], self.bos_id)
-        if self.beam_size == 1:
-            return greedy_search(
-                next_fn,
-                initial_ids,
-                self_cache,
-                max_length=self.max_length,
-                eos_id=self.eos_id,
-                max_lengths=max_lengths,
-                pad_id=self.pad_id,
-            )
-        return beam_search(
-            next_fn,
-            initial_ids,
-            self_cache,
+            buffer_length=self.max_length,
+            max_length_margin=self.max_length_margin,
             beam_size=self.beam_size,
-            max_length=self.max_length,
-            eos_id=self.eos_id,
             length_penalty=self.length_penalty,
-            max_lengths=max_lengths,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
             pad_id=self.pad_id,
         )
 
