@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from bertkd_tf.decoding.beam_search import beam_search, decode_lengths
 from bertkd_tf.decoding.greedy_search import greedy_search
+from bertkd_tf.models.incremental_decoder import IncrementalDecoder
 
 DEFAULT_BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
 
@@ -36,61 +37,65 @@ def decode_student(
     pad_id,
     num_return_sequences=None,
     use_cache=True,
+    jit_compile_selection=False,
 ):
     """Graph: encoder inputs -> (ids, scores) by greedy or beam search.
 
     The one search of a `TransformerSeq2Seq`, shared by `Generator` (per
     bucket, XLA) and the SavedModel export (dynamic shapes). The encoder
-    and the cross-attention keys/values run once; the self-attention cache
-    has `buffer_length` slots; `use_cache=False` recomputes the decoder
-    prefix at every step (the baseline the cache is measured against).
+    runs once; with `use_cache` (default) the decoder steps run through an
+    `IncrementalDecoder`: weights cast once, cross-attention keys/values
+    computed once per example and shared by its beams, one self-attention
+    cache of `buffer_length` slots per layer. `use_cache=False` recomputes
+    the decoder prefix at every step with the model's own layers (the
+    baseline the cache is measured against). `jit_compile_selection`
+    XLA-compiles each step's bookkeeping (see `beam_search`).
     """
     batch_size = tf.shape(encoder_token_ids)[0]
-    source_length = tf.shape(encoder_token_ids)[1]
     encoder_hidden = model.call_encoder(encoder_token_ids, encoder_padding_mask)
     max_lengths = decode_lengths(
         tf.reduce_sum(encoder_padding_mask, axis=1),
         buffer_length,
         max_length_margin,
     )
-    # Cross-attention keys/values, once: one decoder step on BOS at batch
-    # size (its self-attention cache is thrown away).
-    self_cache, cross_cache = model.initialize_cache(
-        batch_size, buffer_length, source_length
-    )
-    start = tf.fill([batch_size, 1], bos_id)
-    _, _, _, cross_cache = model.call_decoder_with_cache(
-        encoder_hidden,
-        encoder_padding_mask,
-        start,
-        self_attention_cache=self_cache,
-        self_attention_cache_update_index=0,
-        cross_attention_cache=cross_cache,
-        cross_attention_cache_update_index=0,
-    )
-    # Constant per example: repeated once for the beams, captured by
-    # `next_fn`, never reordered.
-    encoder_hidden = tf.repeat(encoder_hidden, beam_size, axis=0)
-    encoder_mask = tf.repeat(encoder_padding_mask, beam_size, axis=0)
-    cross_cache = tf.repeat(cross_cache, beam_size, axis=0)
 
     if use_cache:
+        decoder = IncrementalDecoder(model)
+        context = decoder.prepare(encoder_hidden, encoder_padding_mask)
+        positions = decoder.position_table(buffer_length)
 
         def next_fn(token_ids, index, state):
-            last = tf.gather(token_ids, index, axis=1)[:, None]
-            logits, _, state, _ = model.call_decoder_with_cache(
-                encoder_hidden,
-                encoder_mask,
+            last = tf.gather(token_ids, index, axis=1)
+            return decoder.step(
+                context,
                 last,
-                self_attention_cache=state,
-                self_attention_cache_update_index=index,
-                cross_attention_cache=cross_cache,
-                cross_attention_cache_update_index=None,
+                index,
+                state,
+                group_size=beam_size,
+                positions=positions,
             )
-            return logits[:, 0, :], state
 
-        initial_state = self_cache
+        initial_state = decoder.initial_state(batch_size, buffer_length)
     else:
+        source_length = tf.shape(encoder_token_ids)[1]
+        # Cross-attention keys/values, once: one decoder step on BOS at
+        # batch size (its self-attention cache is thrown away).
+        self_cache, cross_cache = model.initialize_cache(
+            batch_size, buffer_length, source_length
+        )
+        start = tf.fill([batch_size, 1], bos_id)
+        _, _, _, cross_cache = model.call_decoder_with_cache(
+            encoder_hidden,
+            encoder_padding_mask,
+            start,
+            self_attention_cache=self_cache,
+            self_attention_cache_update_index=0,
+            cross_attention_cache=cross_cache,
+            cross_attention_cache_update_index=0,
+        )
+        encoder_hidden = tf.repeat(encoder_hidden, beam_size, axis=0)
+        encoder_mask = tf.repeat(encoder_padding_mask, beam_size, axis=0)
+        cross_cache = tf.repeat(cross_cache, beam_size, axis=0)
 
         def next_fn(token_ids, index, state):
             fresh, _ = model.initialize_cache(
@@ -119,6 +124,7 @@ def decode_student(
             eos_id=eos_id,
             max_lengths=max_lengths,
             pad_id=pad_id,
+            jit_compile_selection=jit_compile_selection,
         )
     return beam_search(
         next_fn,
@@ -131,7 +137,26 @@ def decode_student(
         max_lengths=max_lengths,
         num_return_sequences=num_return_sequences,
         pad_id=pad_id,
+        jit_compile_selection=jit_compile_selection,
     )
+
+
+def resolve_compile_mode(model, jit_compile):
+    """`Generator`'s `jit_compile` -> True, False or "hybrid" (see there)."""
+    if not any(jit_compile is mode for mode in (True, False)) and (
+        jit_compile not in ("hybrid", "auto")
+    ):
+        raise ValueError(
+            "`jit_compile` must be True, False, 'hybrid' or 'auto'. "
+            f"Received: {jit_compile!r}"
+        )
+    if jit_compile != "auto":
+        return jit_compile
+    dtype = model.backbone.token_embedding.compute_dtype
+    accelerated = tf.config.list_logical_devices(
+        "GPU"
+    ) or tf.config.list_logical_devices("TPU")
+    return "hybrid" if dtype == "bfloat16" and not accelerated else True
 
 
 class Generator:
@@ -152,7 +177,14 @@ class Generator:
         model: a `TransformerSeq2Seq` (`call_encoder`,
             `call_decoder_with_cache`, `initialize_cache`).
         vocabulary: a `TaskVocabulary`, needed for string inputs/outputs.
-        jit_compile: bool, compile the search with XLA.
+        jit_compile: how the search compiles: `True` the whole search with
+            XLA; `False` plain TensorFlow graphs; `"hybrid"` a graph loop
+            whose per-step bookkeeping (log softmax, top-k, sequence
+            updates) is XLA-compiled while the decoder step runs as
+            TensorFlow ops; `"auto"` (default) is `"hybrid"` for a
+            bfloat16 model on a machine without GPU/TPU (XLA's CPU backend
+            does not use the oneDNN/AMX bf16 matmuls; TensorFlow's do), else
+            `True`. Read the resolved mode from `.compile_mode`.
         bucket_lengths: increasing source lengths (EOS included) to pad to;
             longer sources pad to `max_source_length`.
         max_source_length: int, the longest encoder input (EOS included);
@@ -171,7 +203,7 @@ class Generator:
         self,
         model,
         vocabulary=None,
-        jit_compile=True,
+        jit_compile="auto",
         bucket_lengths=DEFAULT_BUCKET_LENGTHS,
         max_source_length=None,
         bos_id=2,
@@ -213,6 +245,7 @@ class Generator:
             )
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.jit_compile = jit_compile
+        self.compile_mode = resolve_compile_mode(model, jit_compile)
         self.max_source_length = max_source_length
         self.bucket_lengths = tuple(
             b for b in bucket_lengths if b < max_source_length
@@ -306,9 +339,10 @@ class Generator:
                 pad_id=self.pad_id,
                 num_return_sequences=num_return_sequences,
                 use_cache=use_cache,
+                jit_compile_selection=self.compile_mode == "hybrid",
             )
 
-        return tf.function(search, jit_compile=self.jit_compile)
+        return tf.function(search, jit_compile=self.compile_mode is True)
 
     def _function(self, bucket, batch_size, settings):
         key = (bucket, batch_size) + settings

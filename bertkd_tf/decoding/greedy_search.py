@@ -13,6 +13,7 @@ def greedy_search(
     eos_id,
     max_lengths=None,
     pad_id=0,
+    jit_compile_selection=False,
 ):
     """Picks the most likely token at every step.
 
@@ -33,6 +34,8 @@ def greedy_search(
         eos_id: int, the end-of-sequence token id.
         max_lengths: optional int tensor `[batch]`, per-example limits.
         pad_id: int, written after EOS.
+        jit_compile_selection: bool, XLA-compile each step's bookkeeping
+            (see `beam_search`).
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` without the start
@@ -69,8 +72,7 @@ def greedy_search(
     def cond(index, sequences, scores, finished, state):
         return tf.logical_not(tf.reduce_all(finished))
 
-    def body(index, sequences, scores, finished, state):
-        logits, state = next_fn(sequences, index, state)
+    def select(index, logits, sequences, scores, finished, max_lengths):
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)
@@ -79,6 +81,16 @@ def greedy_search(
         scores += tf.where(finished, 0.0, token_log_probs)
         sequences = _write_column(sequences, index + 1, tokens)
         finished |= tf.equal(tokens, eos_id) | (index + 1 >= max_lengths)
+        return sequences, scores, finished
+
+    if jit_compile_selection:
+        select = tf.function(select, jit_compile=True)
+
+    def body(index, sequences, scores, finished, state):
+        logits, state = next_fn(sequences, index, state)
+        sequences, scores, finished = select(
+            index, logits, sequences, scores, finished, max_lengths
+        )
         return keep_shapes(
             (index + 1, sequences, scores, finished, state),
             (index, sequences, scores, finished, state),

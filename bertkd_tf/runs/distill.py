@@ -239,7 +239,8 @@ def run(
         top_k: teacher logits used per position (K; the dump may hold more).
         label_smoothing: smoothing of the cross-entropy term.
         distillation_form: `"paper"` or `"hinton"`.
-        targets_dir: the teacher targets (default `work_dir/targets`).
+        targets_dir: the teacher targets (default `work_dir/targets`; a
+            relative path is under `work_dir`).
         teacher_targets_fn: `(dataset, targets_dir, split, top_k) ->
             dataset` adding `teacher_ids` / `teacher_logits` (`[T + 1, K]`,
             aligned with `target + [EOS]`) to `{"id", "source_ids",
@@ -292,7 +293,8 @@ def run(
         )
     attach_targets = None
     if distilling:
-        targets_dir = targets_dir or os.path.join(work_dir, TARGETS_DIR)
+        # Relative to work_dir unless absolute.
+        targets_dir = os.path.join(work_dir, targets_dir or TARGETS_DIR)
         targets_fn = teacher_targets_fn or _default_teacher_targets_fn
 
         def attach_targets(dataset):

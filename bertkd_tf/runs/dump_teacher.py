@@ -419,9 +419,11 @@ def run(
     Args:
         task: the `Task` (its data and length limits, as the student's).
         work_dir: the pipeline's work directory (`vocab/`, `teacher/` in).
-        teacher_dir: the saved teacher (default `work_dir/teacher`).
+        teacher_dir: the saved teacher (default `work_dir/teacher`; a
+            relative path is under `work_dir`).
         output_dir: where the targets go (default `work_dir/targets`, or
-            `work_dir/targets_<split>` for a split other than train).
+            `work_dir/targets_<split>` for a split other than train; a
+            relative path is under `work_dir`).
         split: the task split to dump.
         top_k: K, logits kept per position (1..64).
         num_passes: P, copies per pair (circular masks).
@@ -446,12 +448,15 @@ def run(
             f"pairs_per_shard must be >= 1; got {pairs_per_shard!r}."
         )
     top_k, num_passes = int(top_k), int(num_passes)
-    teacher_dir = teacher_dir or os.path.join(
-        work_dir, train_teacher.TEACHER_DIR
+    # Relative directories are under work_dir (absolute ones stay as given).
+    teacher_dir = os.path.join(
+        work_dir, teacher_dir or train_teacher.TEACHER_DIR
     )
     if output_dir is None:
-        name = TARGETS_DIR if split == "train" else f"{TARGETS_DIR}_{split}"
-        output_dir = os.path.join(work_dir, name)
+        output_dir = (
+            TARGETS_DIR if split == "train" else f"{TARGETS_DIR}_{split}"
+        )
+    output_dir = os.path.join(work_dir, output_dir)
     tf.io.gfile.makedirs(output_dir)
 
     vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))

@@ -231,6 +231,19 @@ def test_stored_top_k_equals_pass_with_exactly_that_position_masked(
             )
 
 
+def test_relative_output_dir_is_under_work_dir(dumped):
+    work_dir = dumped["work_dir"]
+    result = _dump(
+        work_dir,
+        dumped["corpus"],
+        task=_task(dumped["corpus"], max_train_pairs=2),
+        output_dir="targets_relative",
+    )
+    expected = os.path.join(work_dir, "targets_relative")
+    assert result["output_dir"] == expected
+    assert len(TeacherTargets.load(expected)) == 2
+
+
 # Storage, resume, refusals -------------------------------------------------
 
 
