@@ -13,8 +13,17 @@ measured here in TensorFlow (a large float32 and a large bfloat16 matmul).
 Model FLOPs are counted analytically (2 FLOPs a multiply-add, training =
 3x forward): attention and feedforward projections, attention scores, the
 tied output layer.
+
+With `--profile_dir=DIR`, each setting is also traced for a few steps with
+the TensorFlow profiler (the trace stays in DIR for TensorBoard) and a table
+of where the busy time goes, by op type, is printed under its row:
+
+    python tools/bench_train.py --only=distill/bf16/xla-off --profile_dir=/tmp/p
 """
 
+import collections
+import glob
+import json
 import os
 import sys
 import time
@@ -55,6 +64,11 @@ WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps (tracing, XLA).")
 ONLY = flags.DEFINE_list(
     "only", [], "Run only these settings, e.g. baseline/bf16/xla-off."
 )
+PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Trace each setting here and print op-type shares."
+)
+PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 4, "Steps traced.")
+PROFILE_ROWS = flags.DEFINE_integer("profile_rows", 12, "Op types shown.")
 
 
 def matmul_ceiling(dtype, n=2048, repeats=10):
@@ -158,7 +172,51 @@ def measure(distill, dtype, jit_compile, data):
         verbose=0,
     )
     times = timer.times[WARMUP.value - 1 :]
-    return (times[-1] - times[0]) / (len(times) - 1)
+    step = (times[-1] - times[0]) / (len(times) - 1)
+    profile = None
+    if PROFILE_DIR.value:
+        logdir = os.path.join(
+            PROFILE_DIR.value,
+            f"{'distill' if distill else 'baseline'}-{dtype}-"
+            f"xla{int(bool(jit_compile))}",
+        )
+        tf.profiler.experimental.start(logdir)
+        model.fit(dataset, steps_per_epoch=PROFILE_STEPS.value, verbose=0)
+        tf.profiler.experimental.stop()
+        profile = op_type_shares(logdir)
+    return step, profile
+
+
+def op_type_shares(logdir):
+    """Self time by op type, as shares of the traced busy time (no IDLE)."""
+    from tensorflow.python.profiler.internal import (
+        _pywrap_profiler_plugin as profiler_plugin,
+    )
+
+    files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    data, ok = profiler_plugin.xspace_to_tools_data(
+        files, "framework_op_stats", {}
+    )
+    if not ok:
+        raise RuntimeError(f"Could not read the profile in {logdir}: {data!r}")
+    table = json.loads(data)[0]
+    columns = {c["id"]: i for i, c in enumerate(table["cols"])}
+    by_type = collections.Counter()
+    for row in table["rows"]:
+        values = [cell["v"] if cell else None for cell in row["c"]]
+        op_type = values[columns["type"]]
+        if op_type != "IDLE":
+            by_type[op_type] += values[columns["total_self_time"]]
+    busy = sum(by_type.values())
+    return [(name, t / busy) for name, t in by_type.most_common()]
+
+
+def print_profile(shares, rows):
+    shown = shares[:rows]
+    rest = 1.0 - sum(share for _, share in shown)
+    cells = [f"{name} {100 * share:.1f}%" for name, share in shown]
+    cells.append(f"other {100 * rest:.1f}%")
+    print("|   busy time by op type: " + ", ".join(cells) + " |", flush=True)
 
 
 def main(argv):
@@ -206,7 +264,7 @@ def main(argv):
                 if ONLY.value and name not in ONLY.value:
                     continue
                 dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
-                step = measure(mode == "distill", dtype, xla, data)
+                step, profile = measure(mode == "distill", dtype, xla, data)
                 rate = flops / step
                 print(
                     f"| {name:<26} | {step:6.3f} | {tokens / step:8.0f} | "
@@ -214,6 +272,8 @@ def main(argv):
                     f"{100 * rate / ceilings[precision]:16.1f}% |",
                     flush=True,
                 )
+                if profile:
+                    print_profile(profile, PROFILE_ROWS.value)
 
 
 if __name__ == "__main__":
