@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from bertkd_tf.data.bert_word_piece_tokenizer import resolve_bert_directory
+from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 HEAD_LAYER_NAMES = (
     "mlm_transform_dense",
@@ -22,7 +23,7 @@ def _bert_kernel_initializer():
 
 
 @keras.saving.register_keras_serializable(package="bertkd_tf")
-class CMLMTeacher(keras.Model):
+class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
     """BERT as a conditional masked LM predicting task-vocabulary tokens.
 
     A keras-hub `BertBackbone` reads `[CLS] source [SEP] target [SEP]` (BERT

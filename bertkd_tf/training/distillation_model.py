@@ -6,12 +6,13 @@ from keras import ops
 
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
+from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 TEACHER_INPUTS = "teacher_inputs"
 
 
 @keras.saving.register_keras_serializable(package="bertkd_tf")
-class DistillationModel(keras.Model):
+class DistillationModel(MultiWorkerFitMixin, keras.Model):
     """Wraps a student; its loss is `(1 - w) * xent + w * kd`.
 
     `xent` is the label-smoothed `TokenCrossEntropy` to the labels and `kd`
@@ -174,29 +175,6 @@ class DistillationModel(keras.Model):
                 )
             )
         return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        logs = super().compute_metrics(x, y, y_pred, sample_weight)
-        # Keras 3.15 reduces the per-replica logs of a multi-worker step with
-        # `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars; a
-        # shape-[1] value reduces to the mean over all replicas.
-        if isinstance(
-            self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            logs = {k: ops.reshape(v, [1]) for k, v in logs.items()}
-        return logs
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 reduces the first distributed batch with
-        # `strategy.reduce`, which fails for dict batches under
-        # MultiWorkerMirroredStrategy (keras-team/keras#20329). A built model
-        # needs no symbolic build: build the optimizer and skip it.
-        if self.built and all(layer.built for layer in self._flatten_layers()):
-            if self.optimizer is not None and not self.optimizer.built:
-                with self.distribute_strategy.scope():
-                    self.optimizer.build(self.trainable_variables)
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def metrics(self):

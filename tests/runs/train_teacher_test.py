@@ -183,3 +183,77 @@ def test_optimizer_settings(setup):
     schedule = optimizer._learning_rate  # The schedule object.
     assert float(schedule(5)) == pytest.approx(5e-5)
     assert float(schedule(100)) == pytest.approx(0.0)
+
+
+TEACHER_WORKER_SCRIPT = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+sys.path.insert(0, sys.argv[1])
+from bertkd_tf.training.strategy import get_strategy
+strategy = get_strategy("multi_worker")
+import keras
+from tests.models.cmlm_teacher_test import BERT_IDS, _inputs, _tiny_teacher
+from bertkd_tf.runs.train_teacher import compile_teacher
+x = _inputs(batch=4)
+rng = np.random.default_rng(1)
+y = rng.integers(5, len(BERT_IDS), (4, 3)).astype("int32")
+w = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], "float32")
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = (
+    tf.data.experimental.AutoShardPolicy.OFF)
+ds = tf.data.Dataset.from_tensors((x, y, w)).repeat().with_options(options)
+with strategy.scope():
+    teacher = _tiny_teacher()
+    compile_teacher(teacher, peak_learning_rate=1e-2, warmup_steps=1,
+                    total_steps=10)
+    teacher(x)
+hist = teacher.fit(ds, steps_per_epoch=3, verbose=0).history
+np.savez(sys.argv[2], *[v.numpy() for v in teacher.weights])
+print(json.dumps(hist))
+"""
+
+
+def test_teacher_trains_on_two_workers_and_they_agree(tmp_path):
+    """MultiWorkerMirroredStrategy (two local processes) for the teacher."""
+    from tests.training.distillation_model_test import free_ports, run_script
+
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = [
+        run_script(
+            TEACHER_WORKER_SCRIPT,
+            args=[str(tmp_path / f"w{index}.npz")],
+            env={
+                "TF_CONFIG": json.dumps(
+                    {
+                        "cluster": cluster,
+                        "task": {"type": "worker", "index": index},
+                    }
+                )
+            },
+        )
+        for index in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert outputs[0]["loss"] == pytest.approx(outputs[1]["loss"])
+    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert len(w0.files) == len(w1.files) > 0
+    for key in w0.files:
+        np.testing.assert_allclose(w0[key], w1[key], rtol=1e-6, atol=1e-7)
+    # And training moved them away from the initialisation.
+    from tests.models.cmlm_teacher_test import _tiny_teacher
+
+    init = [v.numpy() for v in _tiny_teacher().weights]
+    assert (
+        max(np.abs(w0[f"arr_{i}"] - v).max() for i, v in enumerate(init)) > 1e-3
+    )
