@@ -72,7 +72,7 @@ def curve(task, vocab, model_dir):
     generator = Generator(
         student,
         vocab,
-        jit_compile="auto",
+        jit_compile=True,
         max_source_length=task.max_source_length + 1,
     )
     pairs = task.read(SPLIT.value, max_pairs=MAX_PAIRS.value)

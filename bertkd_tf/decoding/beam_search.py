@@ -142,7 +142,6 @@ def beam_search(
     max_lengths=None,
     num_return_sequences=None,
     pad_id=0,
-    jit_compile_selection=False,
 ):
     """Beam search with alive and finished hypotheses kept apart.
 
@@ -165,12 +164,6 @@ def beam_search(
         num_return_sequences: None for the best hypothesis, or an int
             `n <= beam_size` for the n best.
         pad_id: int, written after EOS.
-        jit_compile_selection: bool, compile each step's bookkeeping (log
-            softmax, the top-k selections, the sequence updates) with XLA
-            while `next_fn` runs as it is. For a search that is not itself
-            under XLA, e.g. a mixed_bfloat16 model on a CPU, whose matmuls
-            are fast only outside XLA (oneDNN/AMX). No effect inside an XLA
-            function.
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` and float32
@@ -313,9 +306,6 @@ def beam_search(
             new_finished_scores,
             new_finished_flags,
         )
-
-    if jit_compile_selection:
-        select = tf.function(select, jit_compile=True)
 
     def body(
         index,

@@ -37,7 +37,6 @@ def decode_student(
     pad_id,
     num_return_sequences=None,
     use_cache=True,
-    jit_compile_selection=False,
 ):
     """Graph: encoder inputs -> (ids, scores) by greedy or beam search.
 
@@ -48,8 +47,7 @@ def decode_student(
     computed once per example and shared by its beams, one self-attention
     cache of `buffer_length` slots per layer. `use_cache=False` recomputes
     the decoder prefix at every step with the model's own layers (the
-    baseline the cache is measured against). `jit_compile_selection`
-    XLA-compiles each step's bookkeeping (see `beam_search`).
+    baseline the cache is measured against).
     """
     batch_size = tf.shape(encoder_token_ids)[0]
     encoder_hidden = model.call_encoder(encoder_token_ids, encoder_padding_mask)
@@ -124,7 +122,6 @@ def decode_student(
             eos_id=eos_id,
             max_lengths=max_lengths,
             pad_id=pad_id,
-            jit_compile_selection=jit_compile_selection,
         )
     return beam_search(
         next_fn,
@@ -137,26 +134,7 @@ def decode_student(
         max_lengths=max_lengths,
         num_return_sequences=num_return_sequences,
         pad_id=pad_id,
-        jit_compile_selection=jit_compile_selection,
     )
-
-
-def resolve_compile_mode(model, jit_compile):
-    """`Generator`'s `jit_compile` -> True, False or "hybrid" (see there)."""
-    if not any(jit_compile is mode for mode in (True, False)) and (
-        jit_compile not in ("hybrid", "auto")
-    ):
-        raise ValueError(
-            "`jit_compile` must be True, False, 'hybrid' or 'auto'. "
-            f"Received: {jit_compile!r}"
-        )
-    if jit_compile != "auto":
-        return jit_compile
-    dtype = model.backbone.token_embedding.compute_dtype
-    accelerated = tf.config.list_logical_devices(
-        "GPU"
-    ) or tf.config.list_logical_devices("TPU")
-    return "hybrid" if dtype == "bfloat16" and not accelerated else True
 
 
 class Generator:
@@ -177,14 +155,8 @@ class Generator:
         model: a `TransformerSeq2Seq` (`call_encoder`,
             `call_decoder_with_cache`, `initialize_cache`).
         vocabulary: a `TaskVocabulary`, needed for string inputs/outputs.
-        jit_compile: how the search compiles: `True` the whole search with
-            XLA; `False` plain TensorFlow graphs; `"hybrid"` a graph loop
-            whose per-step bookkeeping (log softmax, top-k, sequence
-            updates) is XLA-compiled while the decoder step runs as
-            TensorFlow ops; `"auto"` (default) is `"hybrid"` for a
-            bfloat16 model on a machine without GPU/TPU (XLA's CPU backend
-            does not use the oneDNN/AMX bf16 matmuls; TensorFlow's do), else
-            `True`. Read the resolved mode from `.compile_mode`.
+        jit_compile: bool, compile the search with XLA (the fastest here
+            in float32 and mixed_bfloat16 alike; see docs/PERFORMANCE.md).
         bucket_lengths: increasing source lengths (EOS included) to pad to;
             longer sources pad to `max_source_length`.
         max_source_length: int, the longest encoder input (EOS included);
@@ -203,7 +175,7 @@ class Generator:
         self,
         model,
         vocabulary=None,
-        jit_compile="auto",
+        jit_compile=True,
         bucket_lengths=DEFAULT_BUCKET_LENGTHS,
         max_source_length=None,
         bos_id=2,
@@ -245,7 +217,6 @@ class Generator:
             )
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.jit_compile = jit_compile
-        self.compile_mode = resolve_compile_mode(model, jit_compile)
         self.max_source_length = max_source_length
         self.bucket_lengths = tuple(
             b for b in bucket_lengths if b < max_source_length
@@ -339,10 +310,9 @@ class Generator:
                 pad_id=self.pad_id,
                 num_return_sequences=num_return_sequences,
                 use_cache=use_cache,
-                jit_compile_selection=self.compile_mode == "hybrid",
             )
 
-        return tf.function(search, jit_compile=self.compile_mode is True)
+        return tf.function(search, jit_compile=self.jit_compile)
 
     def _function(self, bucket, batch_size, settings):
         key = (bucket, batch_size) + settings

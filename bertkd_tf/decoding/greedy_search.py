@@ -13,7 +13,6 @@ def greedy_search(
     eos_id,
     max_lengths=None,
     pad_id=0,
-    jit_compile_selection=False,
 ):
     """Picks the most likely token at every step.
 
@@ -34,8 +33,6 @@ def greedy_search(
         eos_id: int, the end-of-sequence token id.
         max_lengths: optional int tensor `[batch]`, per-example limits.
         pad_id: int, written after EOS.
-        jit_compile_selection: bool, XLA-compile each step's bookkeeping
-            (see `beam_search`).
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` without the start
@@ -82,9 +79,6 @@ def greedy_search(
         sequences = _write_column(sequences, index + 1, tokens)
         finished |= tf.equal(tokens, eos_id) | (index + 1 >= max_lengths)
         return sequences, scores, finished
-
-    if jit_compile_selection:
-        select = tf.function(select, jit_compile=True)
 
     def body(index, sequences, scores, finished, state):
         logits, state = next_fn(sequences, index, state)

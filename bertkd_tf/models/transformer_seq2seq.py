@@ -200,7 +200,7 @@ class TransformerSeq2Seq(keras.Model):
         max_length_margin=50,
         num_return_sequences=None,
         return_scores=False,
-        jit_compile="auto",
+        jit_compile=True,
         **kwargs,
     ):
         """Decodes strings or source token ids (see `decoding.Generator`).
@@ -220,8 +220,7 @@ class TransformerSeq2Seq(keras.Model):
                 max_length_margin`.
             num_return_sequences: None or n <= beam_size for the n best.
             return_scores: bool, also return the scores.
-            jit_compile: True (XLA), False, "hybrid" or "auto" (default),
-                see `decoding.Generator`.
+            jit_compile: bool, compile the search with XLA.
             **kwargs: other `Generator.generate` arguments (`use_cache`,
                 `output`).
 

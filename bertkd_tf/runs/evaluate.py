@@ -87,7 +87,7 @@ def run(
     batch_size=32,
     metrics=None,
     max_pairs=None,
-    jit_compile="auto",
+    jit_compile=True,
     dtype=None,
     output_dir=None,
     verbose=True,
@@ -108,8 +108,7 @@ def run(
         metrics: names (see `metrics.scoring.METRICS`); None picks by
             `task.kind`.
         max_pairs: decode only the first N pairs.
-        jit_compile: True (XLA), False, "hybrid" or "auto" (see
-            `decoding.Generator`).
+        jit_compile: compile the search with XLA.
         dtype: optional dtype policy for the model (e.g. "mixed_bfloat16").
         output_dir: where to write; default
             `<model dir>/evaluate/<split>`.

@@ -42,7 +42,7 @@ def run(
     max_length_margin=50,
     max_source_length=256,
     batch_size=32,
-    jit_compile="auto",
+    jit_compile=True,
     dtype=None,
 ):
     """Translates every line; returns `{"output_file", "lines", "seconds"}`.
@@ -58,8 +58,7 @@ def run(
         max_length_margin: per-example cap `source_length + margin`.
         max_source_length: longer inputs are truncated (WordPieces).
         batch_size: lines per batch.
-        jit_compile: True (XLA), False, "hybrid" or "auto" (see
-            `decoding.Generator`).
+        jit_compile: compile the search with XLA.
         dtype: optional dtype policy for the model.
     """
     vocabulary = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))

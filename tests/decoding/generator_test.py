@@ -95,43 +95,19 @@ def test_cached_step_logits_equal_full_forward_pass():
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_cache_no_cache_xla_and_hybrid_agree(beam_size):
+def test_cache_no_cache_and_xla_agree(beam_size):
     model = tiny_model(seed=1)
     eager = Generator(model, jit_compile=False)
+    xla = Generator(model, jit_compile=True)
     kwargs = dict(beam_size=beam_size, max_length=8, return_scores=True)
     ids, scores = eager.generate(SOURCES, **kwargs)
     no_cache_ids, no_cache_scores = eager.generate(
         SOURCES, use_cache=False, **kwargs
     )
-    assert ids == no_cache_ids
+    xla_ids, xla_scores = xla.generate(SOURCES, **kwargs)
+    assert ids == no_cache_ids == xla_ids
     np.testing.assert_allclose(scores, no_cache_scores, atol=1e-4)
-    for mode in (True, "hybrid"):
-        generator = Generator(model, jit_compile=mode)
-        assert generator.compile_mode == mode
-        other_ids, other_scores = generator.generate(SOURCES, **kwargs)
-        assert other_ids == ids
-        np.testing.assert_allclose(scores, other_scores, atol=1e-4)
-
-
-def test_auto_compile_mode_follows_the_dtype():
-    # No GPU/TPU in the test environment: bf16 gets the hybrid search.
-    assert Generator(tiny_model(), jit_compile="auto").compile_mode is True
-    keras.utils.set_random_seed(0)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=40,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
-        max_sequence_length=48,
-        dtype="mixed_bfloat16",
-    )
-    bf16 = Generator(TransformerSeq2Seq(backbone))
-    assert bf16.compile_mode == "hybrid"
-    assert len(bf16.generate(SOURCES, beam_size=2, max_length=4)) == 3
-    with pytest.raises(ValueError, match="'hybrid' or 'auto'"):
-        Generator(tiny_model(), jit_compile="yes")
+    np.testing.assert_allclose(scores, xla_scores, atol=1e-4)
 
 
 def test_beam_one_equals_greedy_on_the_model():
