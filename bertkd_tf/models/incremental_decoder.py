@@ -74,19 +74,20 @@ class IncrementalDecoder:
     def _cast(self, variable):
         return tf.cast(tf.convert_to_tensor(variable), self.compute_dtype)
 
-    def _attention_weights(self, attention):
-        return {
-            name: (
-                self._cast(dense.kernel),
-                self._cast(dense.bias),
-            )
-            for name, dense in (
-                ("query", attention._query_dense),
-                ("key", attention._key_dense),
-                ("value", attention._value_dense),
-                ("output", attention._output_dense),
-            )
-        }
+    def _dense(self, dense, scale=None, heads_in=False):
+        """A Dense/EinsumDense as a 2-D `(kernel [in, out], bias [out])` in
+        the compute dtype. Attention kernels are `[d, heads, head_dim]`
+        (projections) or, with `heads_in`, `[heads, head_dim, d]` (the
+        output). `scale` folds the attention's query scaling in."""
+        kernel = tf.convert_to_tensor(dense.kernel)
+        if heads_in:
+            kernel = tf.reshape(kernel, [-1, kernel.shape[-1]])
+        else:
+            kernel = tf.reshape(kernel, [kernel.shape[0], -1])
+        bias = tf.reshape(tf.convert_to_tensor(dense.bias), [-1])
+        if scale is not None:
+            kernel, bias = kernel * scale, bias * scale
+        return self._cast(kernel), self._cast(bias)
 
     def prepare(self, encoder_hidden_states, encoder_padding_mask):
         """Weights, cross-attention keys/values and mask for a search.
@@ -100,37 +101,46 @@ class IncrementalDecoder:
             A dict of tensors (a "context") for `step`.
         """
         hidden = tf.cast(encoder_hidden_states, self.compute_dtype)
+        batch_size = tf.shape(hidden)[0]
+        scale = 1.0 / math.sqrt(self.head_dim)
+
+        def heads_first(x):  # [batch, length, d] -> [batch, H, length, K]
+            x = tf.reshape(x, [batch_size, -1, self.num_heads, self.head_dim])
+            return tf.transpose(x, [0, 2, 1, 3])
+
         layers = []
         for layer in self.layers:
-            self_attention = self._attention_weights(
-                layer._self_attention_layer
-            )
-            cross_attention = self._attention_weights(
-                layer._cross_attention_layer
-            )
-            cross = {}
-            for name in ("key", "value"):
-                kernel, bias = cross_attention.pop(name)
-                cross[name] = (
-                    tf.einsum("bsd,dhk->bhsk", hidden, kernel)
-                    + (bias[:, None, :])
-                )
+            attention = layer._self_attention_layer
+            query = self._dense(attention._query_dense, scale)
+            key = self._dense(attention._key_dense)
+            value = self._dense(attention._value_dense)
+            cross = layer._cross_attention_layer
+            cross_key = self._dense(cross._key_dense)
+            cross_value = self._dense(cross._value_dense)
             layers.append(
                 {
-                    "self_attention": self_attention,
-                    "cross_attention": cross_attention,
-                    "cross_key": cross["key"],
-                    "cross_value": cross["value"],
-                    "ffn_in": (
-                        self._cast(
-                            layer._feedforward_intermediate_dense.kernel
-                        ),
-                        self._cast(layer._feedforward_intermediate_dense.bias),
+                    # One matmul for the query, key and value.
+                    "qkv": (
+                        tf.concat([query[0], key[0], value[0]], axis=1),
+                        tf.concat([query[1], key[1], value[1]], axis=0),
                     ),
-                    "ffn_out": (
-                        self._cast(layer._feedforward_output_dense.kernel),
-                        self._cast(layer._feedforward_output_dense.bias),
+                    "self_output": self._dense(
+                        attention._output_dense, heads_in=True
                     ),
+                    "cross_query": self._dense(cross._query_dense, scale),
+                    "cross_output": self._dense(
+                        cross._output_dense, heads_in=True
+                    ),
+                    "cross_key": heads_first(
+                        tf.matmul(hidden, cross_key[0]) + cross_key[1]
+                    ),
+                    "cross_value": heads_first(
+                        tf.matmul(hidden, cross_value[0]) + cross_value[1]
+                    ),
+                    "ffn_in": self._dense(
+                        layer._feedforward_intermediate_dense
+                    ),
+                    "ffn_out": self._dense(layer._feedforward_output_dense),
                 }
             )
         mask = tf.cast(encoder_padding_mask, tf.bool)
@@ -192,7 +202,7 @@ class IncrementalDecoder:
         x = x * tf.cast(self.backbone.embedding_scale, dtype)
         x = x + tf.cast(tf.gather(positions, index), dtype)[None, :]
 
-        scale = tf.cast(1.0 / math.sqrt(head_dim), dtype)
+        d = self.hidden_dim
         slots = tf.range(buffer_length)
         self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
         rows = tf.shape(token_ids)[0]
@@ -200,51 +210,51 @@ class IncrementalDecoder:
         for layer, params, (keys, values) in zip(
             self.layers, context["layers"], state
         ):
-            # Self-attention over the cache.
-            attention = params["self_attention"]
+            # Self-attention over the cache (the query is pre-scaled).
             residual = x
             h = (
                 layer._self_attention_layer_norm(x)
                 if self.normalize_first
                 else x
             )
-            q = tf.einsum("rd,dhk->rhk", h, attention["query"][0])
-            q = (q + attention["query"][1]) * scale
-            k = tf.einsum("rd,dhk->rhk", h, attention["key"][0])
-            v = tf.einsum("rd,dhk->rhk", h, attention["value"][0])
-            k = k + attention["key"][1]
-            v = v + attention["value"][1]
+            kernel, bias = params["qkv"]
+            qkv = tf.matmul(h, kernel) + bias
+            q, k, v = (
+                tf.reshape(qkv[:, i * d : (i + 1) * d], [rows, heads, 1, -1])
+                for i in range(3)
+            )
             start = [0, 0, index, 0]
-            keys = _write_slot(keys, k, start)
-            values = _write_slot(values, v, start)
+            keys = dynamic_update_slice(keys, k, start)
+            values = dynamic_update_slice(values, v, start)
             new_state.append((keys, values))
-            scores = tf.einsum("rhk,rhlk->rhl", q, keys)
+            scores = tf.matmul(q, keys, transpose_b=True)  # [R, H, 1, L]
             probs = self._softmax(tf.cast(scores, tf.float32) + self_bias)
-            o = tf.einsum("rhl,rhlk->rhk", probs, values)
-            o = tf.einsum("rhk,hkd->rd", o, attention["output"][0])
-            x = residual + o + attention["output"][1]
+            o = tf.reshape(tf.matmul(probs, values), [rows, d])
+            kernel, bias = params["self_output"]
+            x = residual + (tf.matmul(o, kernel) + bias)
             if not self.normalize_first:
                 x = layer._self_attention_layer_norm(x)
 
             # Cross-attention, keys/values shared by a group's rows.
-            attention = params["cross_attention"]
             residual = x
             h = (
                 layer._cross_attention_layer_norm(x)
                 if self.normalize_first
                 else x
             )
-            q = tf.einsum("rd,dhk->rhk", h, attention["query"][0])
-            q = (q + attention["query"][1]) * scale
-            q = tf.reshape(q, [-1, group_size, heads, head_dim])
-            scores = tf.einsum("bghk,bhsk->bghs", q, params["cross_key"])
+            kernel, bias = params["cross_query"]
+            q = tf.reshape(
+                tf.matmul(h, kernel) + bias, [-1, group_size, heads, head_dim]
+            )
+            q = tf.transpose(q, [0, 2, 1, 3])  # [B, H, G, K]
+            scores = tf.matmul(q, params["cross_key"], transpose_b=True)
             probs = self._softmax(
                 tf.cast(scores, tf.float32) + context["cross_bias"]
             )
-            o = tf.einsum("bghs,bhsk->bghk", probs, params["cross_value"])
-            o = tf.reshape(o, [rows, heads, head_dim])
-            o = tf.einsum("rhk,hkd->rd", o, attention["output"][0])
-            x = residual + o + attention["output"][1]
+            o = tf.matmul(probs, params["cross_value"])  # [B, H, G, K]
+            o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [rows, d])
+            kernel, bias = params["cross_output"]
+            x = residual + (tf.matmul(o, kernel) + bias)
             if not self.normalize_first:
                 x = layer._cross_attention_layer_norm(x)
 
@@ -254,7 +264,7 @@ class IncrementalDecoder:
             kernel, bias = params["ffn_in"]
             h = self.activation(tf.matmul(h, kernel) + bias)
             kernel, bias = params["ffn_out"]
-            x = residual + tf.matmul(h, kernel) + bias
+            x = residual + (tf.matmul(h, kernel) + bias)
             if not self.normalize_first:
                 x = layer._feedforward_layer_norm(x)
 
@@ -262,8 +272,3 @@ class IncrementalDecoder:
             x = self.backbone.decoder_layer_norm(x)
         logits = tf.matmul(x, embeddings, transpose_b=True)
         return tf.cast(logits, tf.float32), tuple(new_state)
-
-
-def _write_slot(cache, update, start):
-    """Writes `update [rows, heads, head_dim]` at `cache[:, :, index]`."""
-    return dynamic_update_slice(cache, update[:, :, None, :], start)
