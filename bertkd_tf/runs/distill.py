@@ -72,12 +72,9 @@ def build_student(vocabulary_size, backbone_fn=None, dtype=None):
 
 
 def save_student(student, directory):
-    """Writes `student_config.json` and `final.weights.h5` to `directory`."""
-    tf.io.gfile.makedirs(directory)
-    config = keras.saving.serialize_keras_object(student)
-    with open(os.path.join(directory, STUDENT_CONFIG), "w") as f:
-        json.dump(config, f)
-    student.save_weights(os.path.join(directory, FINAL_WEIGHTS))
+    """Writes `student_config.json` and `final.weights.h5` to `directory`,
+    atomically."""
+    trainer.save_final(student, directory, STUDENT_CONFIG, FINAL_WEIGHTS)
 
 
 def student_from_config(directory, dtype=None):

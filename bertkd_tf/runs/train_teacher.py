@@ -91,12 +91,9 @@ def compile_teacher(
 
 
 def save_teacher(teacher, directory):
-    """Writes `final.weights.h5` and `teacher_config.json` to `directory`."""
-    tf.io.gfile.makedirs(directory)
-    config = keras.saving.serialize_keras_object(teacher)
-    with open(os.path.join(directory, TEACHER_CONFIG), "w") as f:
-        json.dump(config, f)
-    teacher.save_weights(os.path.join(directory, FINAL_WEIGHTS))
+    """Writes `final.weights.h5` (no optimizer state) and
+    `teacher_config.json` to `directory`, atomically."""
+    trainer.save_final(teacher, directory, TEACHER_CONFIG, FINAL_WEIGHTS)
 
 
 def load_teacher(directory, dtype=None):
@@ -124,7 +121,7 @@ def load_teacher(directory, dtype=None):
             f"{config_path} does not describe a CMLMTeacher: "
             f"{type(teacher).__name__}"
         )
-    teacher.load_weights(os.path.join(directory, FINAL_WEIGHTS))
+    trainer.load_final_weights(teacher, os.path.join(directory, FINAL_WEIGHTS))
     return teacher
 
 

@@ -231,3 +231,38 @@ def fit_resumable(
     if writer is not None:
         writer.flush()
     return result
+
+
+def save_final(model, directory, config_file, weights_file):
+    """Writes a trained model for inference: its Keras config as JSON and
+    its weights (`.weights.h5`), without optimizer state, each to a
+    temporary name first and then renamed, so a crash never leaves a
+    half-written file under the final name.
+
+    Under a multi-worker strategy only the chief writes.
+    """
+    if not _is_chief(model.distribute_strategy):
+        return
+    from keras.src.saving import saving_lib
+
+    tf.io.gfile.makedirs(directory)
+    config_path = os.path.join(directory, config_file)
+    with open(config_path + ".tmp", "w") as f:
+        json.dump(keras.saving.serialize_keras_object(model), f)
+    os.replace(config_path + ".tmp", config_path)
+    weights_path = os.path.join(directory, weights_file)
+    temporary = os.path.join(directory, "tmp-" + weights_file)
+    # Keras' own `save_weights` also stores a compiled model's optimizer
+    # (three times the model's size with Adam); inference needs none.
+    skip = [model.optimizer] if getattr(model, "optimizer", None) else None
+    saving_lib.save_weights_only(model, temporary, objects_to_skip=skip)
+    os.replace(temporary, weights_path)
+
+
+def load_final_weights(model, path):
+    """Loads weights written by `save_final` (optimizer state not expected,
+    even when `model` is compiled)."""
+    from keras.src.saving import saving_lib
+
+    skip = [model.optimizer] if getattr(model, "optimizer", None) else None
+    saving_lib.load_weights_only(model, path, objects_to_skip=skip)

@@ -153,6 +153,12 @@ def test_resume_after_crash_continues_step_count(setup, monkeypatch):
     ).expect_partial()
     for a, b in zip(teacher.get_weights(), reference.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # The file is for inference: no optimizer state, no temporary left.
+    import h5py
+
+    with h5py.File(os.path.join(teacher_dir, "final.weights.h5")) as f:
+        assert "optimizer" not in f and "layers" in f
+    assert not [n for n in os.listdir(teacher_dir) if "tmp" in n]
 
 
 def test_optimizer_settings(setup):
