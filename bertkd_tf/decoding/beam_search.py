@@ -237,18 +237,17 @@ def beam_search(
         )
         return tf.logical_not(tf.reduce_all(done))
 
-    def select(
+    def body(
         index,
-        logits,
         alive_seq,
         alive_log_probs,
+        alive_state,
         finished_seq,
         finished_scores,
         finished_flags,
-        max_lengths,
     ):
-        """One step's bookkeeping: logits -> new alive and finished sets,
-        and the old rows the new alive hypotheses continue."""
+        flat_ids = tf.reshape(alive_seq, [batch_size * k, buffer_length])
+        logits, new_state = next_fn(flat_ids, index, alive_state)
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         vocabulary_size = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(log_probs, [batch_size, k, vocabulary_size])
@@ -279,9 +278,12 @@ def beam_search(
         )
         new_alive_seq = tf.gather(candidate_seq, alive_pos, batch_dims=1)
         alive_source = tf.gather(source_beam, alive_pos, batch_dims=1)
-        # Rows of the step's new state are in old-beam order: b * k + j.
+        # Rows of `new_state` are still in old-beam order: row b * k + j.
         rows = tf.reshape(
             alive_source + tf.range(batch_size)[:, None] * k, [-1]
+        )
+        new_alive_state = tf.nest.map_structure(
+            lambda t: tf.gather(t, rows), new_state
         )
 
         # New finished set: best k of the old finished and the finishing
@@ -298,46 +300,6 @@ def beam_search(
         new_finished_scores, finished_pos = tf.math.top_k(all_scores, k=k)
         new_finished_flags = tf.gather(all_flags, finished_pos, batch_dims=1)
         new_finished_seq = tf.gather(all_seq, finished_pos, batch_dims=1)
-        return (
-            new_alive_seq,
-            new_alive_log_probs,
-            rows,
-            new_finished_seq,
-            new_finished_scores,
-            new_finished_flags,
-        )
-
-    def body(
-        index,
-        alive_seq,
-        alive_log_probs,
-        alive_state,
-        finished_seq,
-        finished_scores,
-        finished_flags,
-    ):
-        flat_ids = tf.reshape(alive_seq, [batch_size * k, buffer_length])
-        logits, new_state = next_fn(flat_ids, index, alive_state)
-        (
-            new_alive_seq,
-            new_alive_log_probs,
-            rows,
-            new_finished_seq,
-            new_finished_scores,
-            new_finished_flags,
-        ) = select(
-            index,
-            logits,
-            alive_seq,
-            alive_log_probs,
-            finished_seq,
-            finished_scores,
-            finished_flags,
-            max_lengths,
-        )
-        new_alive_state = tf.nest.map_structure(
-            lambda t: tf.gather(t, rows), new_state
-        )
         outputs = (
             index + 1,
             new_alive_seq,

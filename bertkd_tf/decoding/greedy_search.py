@@ -69,7 +69,8 @@ def greedy_search(
     def cond(index, sequences, scores, finished, state):
         return tf.logical_not(tf.reduce_all(finished))
 
-    def select(index, logits, sequences, scores, finished, max_lengths):
+    def body(index, sequences, scores, finished, state):
+        logits, state = next_fn(sequences, index, state)
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)
@@ -78,13 +79,6 @@ def greedy_search(
         scores += tf.where(finished, 0.0, token_log_probs)
         sequences = _write_column(sequences, index + 1, tokens)
         finished |= tf.equal(tokens, eos_id) | (index + 1 >= max_lengths)
-        return sequences, scores, finished
-
-    def body(index, sequences, scores, finished, state):
-        logits, state = next_fn(sequences, index, state)
-        sequences, scores, finished = select(
-            index, logits, sequences, scores, finished, max_lengths
-        )
         return keep_shapes(
             (index + 1, sequences, scores, finished, state),
             (index, sequences, scores, finished, state),
