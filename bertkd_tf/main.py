@@ -14,11 +14,12 @@ Example:
 import importlib
 import os
 import sys
-import tempfile
 import textwrap
 import time
 
 from absl import app, flags, logging
+
+from bertkd_tf.atomic_files import write_text_atomic
 
 MODES = (
     "prepare",
@@ -118,15 +119,6 @@ def parse_config(mode, gin_files, gin_bindings):
         ) from None
 
 
-def _write_text_atomic(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.replace(temp, path)
-
-
 def run_mode(mode, gin_files, gin_bindings, dry_run=False):
     """Configures and runs one mode; returns what its `run()` returns."""
     gin, run = parse_config(mode, gin_files, gin_bindings)
@@ -146,7 +138,7 @@ def run_mode(mode, gin_files, gin_bindings, dry_run=False):
     logging.info("mode %s finished in %.1f s", mode, time.time() - start)
     output_dir = result.get("output_dir") if isinstance(result, dict) else None
     if output_dir:
-        _write_text_atomic(
+        write_text_atomic(
             os.path.join(output_dir, CONFIG_FILE), gin.operative_config_str()
         )
     return result

@@ -10,12 +10,12 @@ the teacher's top-K ids are student ids with no mapping.
 import hashlib
 import json
 import os
-import tempfile
 import unicodedata
 
 import numpy as np
 import tensorflow as tf
 
+from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.bert_word_piece_tokenizer import (
     SPECIAL_TOKENS,
     SUFFIX,
@@ -228,7 +228,7 @@ class TaskVocabulary:
             (TOKENIZER_FILE, settings + "\n"),
             (VOCABULARY_FILE, self._tsv()),
         ):
-            _write_atomic(os.path.join(directory, name), text)
+            write_text_atomic(os.path.join(directory, name), text)
 
     @classmethod
     def load(cls, directory):
@@ -272,11 +272,3 @@ class TaskVocabulary:
             moses_escapes=settings["moses_escapes"],
         )
         return cls(tokenizer, bert_ids, counts)
-
-
-def _write_atomic(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(temp, path)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
@@ -83,10 +84,7 @@ def read_manifest(directory):
 
 
 def _write_json_atomic(path, value):
-    temp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    tf.io.gfile.rename(temp, path, overwrite=True)
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def teacher_fingerprint(teacher_dir):

@@ -25,6 +25,7 @@ import keras
 from absl import logging
 from sacremoses import MosesDetokenizer
 
+from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.metrics.scoring import score_hypotheses
@@ -42,11 +43,9 @@ DEFAULT_METRICS = {
 
 
 def _write_lines(path, lines):
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line.replace("\n", " ") + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(
+        path, "".join(line.replace("\n", " ") + "\n" for line in lines)
+    )
 
 
 class _Progress:
@@ -186,11 +185,10 @@ def run(
         ),
         "vocabulary_fingerprint": vocabulary.fingerprint,
     }
-    temporary = os.path.join(output_dir, SCORES_FILE + ".tmp")
-    with open(temporary, "w") as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, os.path.join(output_dir, SCORES_FILE))
+    write_text_atomic(
+        os.path.join(output_dir, SCORES_FILE),
+        json.dumps(summary, indent=2, sort_keys=True) + "\n",
+    )
     for name, result in scores.items():
         logging.info(
             "%s = %.2f (%s)", name, result["score"], result["signature"]

@@ -7,6 +7,7 @@ import time
 import numpy as np
 from absl import logging
 
+from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.bert_word_piece_tokenizer import (
     BertWordPieceTokenizer,
     load_bert_vocabulary,
@@ -98,10 +99,7 @@ def run(*, task, work_dir, bert, min_count=1, lowercase=None, force=False):
         }
     stats["seconds"] = round(time.time() - start, 2)
     vocab.save(output_dir)
-    tmp = stats_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(stats, f, indent=2)
-    os.replace(tmp, stats_path)
+    write_text_atomic(stats_path, json.dumps(stats, indent=2))
     logging.info(
         "Task vocabulary: %d entries (%s), in %.1f s.",
         vocab.size,

@@ -21,6 +21,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf.atomic_files import write_text_atomic
+
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -245,17 +247,15 @@ def save_final(model, directory, config_file, weights_file):
         return
     from keras.src.saving import saving_lib
 
-    tf.io.gfile.makedirs(directory)
-    config_path = os.path.join(directory, config_file)
-    with open(config_path + ".tmp", "w") as f:
-        json.dump(keras.saving.serialize_keras_object(model), f)
-    os.replace(config_path + ".tmp", config_path)
+    write_text_atomic(
+        os.path.join(directory, config_file),
+        json.dumps(keras.saving.serialize_keras_object(model)),
+    )
     weights_path = os.path.join(directory, weights_file)
     temporary = os.path.join(directory, "tmp-" + weights_file)
-    # Keras' own `save_weights` also stores a compiled model's optimizer
-    # (three times the model's size with Adam); inference needs none.
-    skip = [model.optimizer] if getattr(model, "optimizer", None) else None
-    saving_lib.save_weights_only(model, temporary, objects_to_skip=skip)
+    saving_lib.save_weights_only(
+        model, temporary, objects_to_skip=_optimizer_of(model)
+    )
     os.replace(temporary, weights_path)
 
 
@@ -264,5 +264,14 @@ def load_final_weights(model, path):
     even when `model` is compiled)."""
     from keras.src.saving import saving_lib
 
-    skip = [model.optimizer] if getattr(model, "optimizer", None) else None
-    saving_lib.load_weights_only(model, path, objects_to_skip=skip)
+    saving_lib.load_weights_only(
+        model, path, objects_to_skip=_optimizer_of(model)
+    )
+
+
+def _optimizer_of(model):
+    """`[optimizer]` of a compiled model, else None: what `save_final` and
+    `load_final_weights` leave out. Keras' own `save_weights` stores a
+    compiled model's optimizer (three times the model's size with Adam);
+    inference needs none."""
+    return [model.optimizer] if getattr(model, "optimizer", None) else None
