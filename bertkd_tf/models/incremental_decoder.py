@@ -170,6 +170,48 @@ class IncrementalDecoder:
 
     # --- One step -----------------------------------------------------------
 
+    # A sub-block's LayerNorm goes on its input (pre-LN, `normalize_first`)
+    # or on the residual sum (post-LN), as in keras-hub's layers.
+    def _pre_norm(self, layer_norm, x):
+        return layer_norm(x) if self.normalize_first else x
+
+    def _post_norm(self, layer_norm, x):
+        return x if self.normalize_first else layer_norm(x)
+
+    def _self_attention(self, h, params, cache, index, bias):
+        """Over the cache, this position's keys/values written first (the
+        query is pre-scaled); returns `(output [rows, d], cache)`."""
+        rows, d = tf.shape(h)[0], self.hidden_dim
+        qkv = _affine(h, params["qkv"])
+        q, k, v = (
+            tf.reshape(
+                qkv[:, i * d : (i + 1) * d], [rows, self.num_heads, 1, -1]
+            )
+            for i in range(3)
+        )
+        keys, values = cache
+        start = [0, 0, index, 0]
+        keys = dynamic_update_slice(keys, k, start)
+        values = dynamic_update_slice(values, v, start)
+        scores = tf.matmul(q, keys, transpose_b=True)  # [R, H, 1, L]
+        probs = self._softmax(tf.cast(scores, tf.float32) + bias)
+        o = tf.reshape(tf.matmul(probs, values), [rows, d])
+        return _affine(o, params["self_output"]), (keys, values)
+
+    def _cross_attention(self, h, params, bias, group_size):
+        """Over the encoder, keys/values shared by a group's rows."""
+        rows, d = tf.shape(h)[0], self.hidden_dim
+        q = tf.reshape(
+            _affine(h, params["cross_query"]),
+            [-1, group_size, self.num_heads, self.head_dim],
+        )
+        q = tf.transpose(q, [0, 2, 1, 3])  # [B, H, G, K]
+        scores = tf.matmul(q, params["cross_key"], transpose_b=True)
+        probs = self._softmax(tf.cast(scores, tf.float32) + bias)
+        o = tf.matmul(probs, params["cross_value"])  # [B, H, G, K]
+        o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [rows, d])
+        return _affine(o, params["cross_output"])
+
     def _softmax(self, scores):
         return tf.cast(tf.nn.softmax(scores, axis=-1), self.compute_dtype)
 
@@ -193,7 +235,6 @@ class IncrementalDecoder:
             caches with this position's keys/values written.
         """
         dtype = self.compute_dtype
-        heads, head_dim = self.num_heads, self.head_dim
         buffer_length = state[0][0].shape[2] or tf.shape(state[0][0])[2]
         if positions is None:
             positions = self.position_table(buffer_length)
@@ -202,73 +243,36 @@ class IncrementalDecoder:
         x = x * tf.cast(self.backbone.embedding_scale, dtype)
         x = x + tf.cast(tf.gather(positions, index), dtype)[None, :]
 
-        d = self.hidden_dim
         slots = tf.range(buffer_length)
         self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
-        rows = tf.shape(token_ids)[0]
         new_state = []
-        for layer, params, (keys, values) in zip(
-            self.layers, context["layers"], state
-        ):
-            # Self-attention over the cache (the query is pre-scaled).
-            residual = x
-            h = (
-                layer._self_attention_layer_norm(x)
-                if self.normalize_first
-                else x
+        for layer, params, cache in zip(self.layers, context["layers"], state):
+            norm = layer._self_attention_layer_norm
+            out, cache = self._self_attention(
+                self._pre_norm(norm, x), params, cache, index, self_bias
             )
-            kernel, bias = params["qkv"]
-            qkv = tf.matmul(h, kernel) + bias
-            q, k, v = (
-                tf.reshape(qkv[:, i * d : (i + 1) * d], [rows, heads, 1, -1])
-                for i in range(3)
+            new_state.append(cache)
+            x = self._post_norm(norm, x + out)
+            norm = layer._cross_attention_layer_norm
+            out = self._cross_attention(
+                self._pre_norm(norm, x),
+                params,
+                context["cross_bias"],
+                group_size,
             )
-            start = [0, 0, index, 0]
-            keys = dynamic_update_slice(keys, k, start)
-            values = dynamic_update_slice(values, v, start)
-            new_state.append((keys, values))
-            scores = tf.matmul(q, keys, transpose_b=True)  # [R, H, 1, L]
-            probs = self._softmax(tf.cast(scores, tf.float32) + self_bias)
-            o = tf.reshape(tf.matmul(probs, values), [rows, d])
-            kernel, bias = params["self_output"]
-            x = residual + (tf.matmul(o, kernel) + bias)
-            if not self.normalize_first:
-                x = layer._self_attention_layer_norm(x)
-
-            # Cross-attention, keys/values shared by a group's rows.
-            residual = x
-            h = (
-                layer._cross_attention_layer_norm(x)
-                if self.normalize_first
-                else x
+            x = self._post_norm(norm, x + out)
+            norm = layer._feedforward_layer_norm
+            h = self.activation(
+                _affine(self._pre_norm(norm, x), params["ffn_in"])
             )
-            kernel, bias = params["cross_query"]
-            q = tf.reshape(
-                tf.matmul(h, kernel) + bias, [-1, group_size, heads, head_dim]
-            )
-            q = tf.transpose(q, [0, 2, 1, 3])  # [B, H, G, K]
-            scores = tf.matmul(q, params["cross_key"], transpose_b=True)
-            probs = self._softmax(
-                tf.cast(scores, tf.float32) + context["cross_bias"]
-            )
-            o = tf.matmul(probs, params["cross_value"])  # [B, H, G, K]
-            o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [rows, d])
-            kernel, bias = params["cross_output"]
-            x = residual + (tf.matmul(o, kernel) + bias)
-            if not self.normalize_first:
-                x = layer._cross_attention_layer_norm(x)
-
-            # Feedforward.
-            residual = x
-            h = layer._feedforward_layer_norm(x) if self.normalize_first else x
-            kernel, bias = params["ffn_in"]
-            h = self.activation(tf.matmul(h, kernel) + bias)
-            kernel, bias = params["ffn_out"]
-            x = residual + (tf.matmul(h, kernel) + bias)
-            if not self.normalize_first:
-                x = layer._feedforward_layer_norm(x)
+            x = self._post_norm(norm, x + _affine(h, params["ffn_out"]))
 
         if self.backbone.decoder_layer_norm is not None:
             x = self.backbone.decoder_layer_norm(x)
         logits = tf.matmul(x, embeddings, transpose_b=True)
         return tf.cast(logits, tf.float32), tuple(new_state)
+
+
+def _affine(x, kernel_and_bias):
+    kernel, bias = kernel_and_bias
+    return tf.matmul(x, kernel) + bias
