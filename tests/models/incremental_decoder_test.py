@@ -1,32 +1,11 @@
 """Tests of IncrementalDecoder: the same function as the model, faster."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from bertkd_tf.models.incremental_decoder import IncrementalDecoder
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
-
-VOCAB = 50
-
-
-def make_model(normalize_first=True, dtype=None, activation="relu"):
-    keras.utils.set_random_seed(0)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=VOCAB,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
-        normalize_first=normalize_first,
-        activation=activation,
-        dtype=dtype,
-    )
-    return TransformerSeq2Seq(backbone=backbone)
-
+from tests.models.transformer_seq2seq_test import make_model
 
 SOURCE = np.array([[5, 6, 7, 3, 0], [8, 9, 10, 11, 3]], "int32")
 SOURCE_MASK = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], "int32")

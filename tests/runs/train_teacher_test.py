@@ -222,44 +222,15 @@ print(json.dumps(hist))
 
 def test_teacher_trains_on_two_workers_and_they_agree(tmp_path):
     """MultiWorkerMirroredStrategy (two local processes) for the teacher."""
-    from tests.training.distillation_model_test import free_ports, run_script
-
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = [
-        run_script(
-            TEACHER_WORKER_SCRIPT,
-            args=[str(tmp_path / f"w{index}.npz")],
-            env={
-                "TF_CONFIG": json.dumps(
-                    {
-                        "cluster": cluster,
-                        "task": {"type": "worker", "index": index},
-                    }
-                )
-            },
-        )
-        for index in range(2)
-    ]
-    outputs = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err[-3000:]
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert outputs[0]["loss"] == pytest.approx(outputs[1]["loss"])
-    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
-    assert len(w0.files) == len(w1.files) > 0
-    for key in w0.files:
-        np.testing.assert_allclose(w0[key], w1[key], rtol=1e-6, atol=1e-7)
-    # And training moved them away from the initialisation.
     from tests.models.cmlm_teacher_test import _tiny_teacher
+    from tests.training.distillation_model_test import (
+        assert_workers_agree,
+        run_two_workers,
+    )
 
-    init = [v.numpy() for v in _tiny_teacher().weights]
-    assert (
-        max(np.abs(w0[f"arr_{i}"] - v).max() for i, v in enumerate(init)) > 1e-3
+    outputs, files = run_two_workers(
+        TEACHER_WORKER_SCRIPT, tmp_path, timeout=300
+    )
+    assert_workers_agree(
+        outputs, files, [v.numpy() for v in _tiny_teacher().weights]
     )

@@ -296,7 +296,11 @@ def free_ports(n):
     return ports
 
 
-def test_two_workers_agree(tmp_path):
+def run_two_workers(script, tmp_path, timeout=240):
+    """Runs `script` as two local workers of a MultiWorkerMirroredStrategy
+    cluster (TF_CONFIG on 127.0.0.1; argv[2] = `tmp_path/w{index}.npz`).
+    Returns the JSON of each worker's last output line and the two npz
+    files, after both exited with status 0."""
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -307,7 +311,7 @@ def test_two_workers_agree(tmp_path):
         }
         procs.append(
             run_script(
-                WORKER_SCRIPT,
+                script,
                 args=[str(tmp_path / f"w{index}.npz")],
                 env={"TF_CONFIG": json.dumps(tf_config)},
             )
@@ -315,21 +319,32 @@ def test_two_workers_agree(tmp_path):
     outputs = []
     try:
         for proc in procs:
-            out, err = proc.communicate(timeout=240)
+            out, err = proc.communicate(timeout=timeout)
             assert proc.returncode == 0, err[-3000:]
             outputs.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    return outputs, [np.load(tmp_path / f"w{index}.npz") for index in range(2)]
+
+
+def assert_workers_agree(outputs, files, initial_weights):
+    """Both workers logged the same losses, ended with the same weights, and
+    those moved away from `initial_weights` (the model's, in order)."""
     assert outputs[0]["loss"] == pytest.approx(outputs[1]["loss"])
-    w0 = np.load(tmp_path / "w0.npz")
-    w1 = np.load(tmp_path / "w1.npz")
+    w0, w1 = files
     assert len(w0.files) == len(w1.files) > 0
     for key in w0.files:
         np.testing.assert_allclose(w0[key], w1[key], rtol=1e-6, atol=1e-7)
-    # And training moved them away from the initialisation.
-    init = [v.numpy() for v in make_student().weights]
-    assert (
-        max(np.abs(w0[f"arr_{i}"] - v).max() for i, v in enumerate(init)) > 1e-3
+    moved = max(
+        np.abs(w0[f"arr_{i}"] - v).max() for i, v in enumerate(initial_weights)
+    )
+    assert moved > 1e-3
+
+
+def test_two_workers_agree(tmp_path):
+    outputs, files = run_two_workers(WORKER_SCRIPT, tmp_path)
+    assert_workers_agree(
+        outputs, files, [v.numpy() for v in make_student().weights]
     )
