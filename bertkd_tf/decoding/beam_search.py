@@ -33,6 +33,21 @@ Tensors that are the same for every beam of an example and never change
 reordering: tile them once with `tf.repeat(x, beam_size, axis=0)` and let
 `next_fn` capture them by closure, instead of passing them in `state`.
 
+A `state` that can follow the reordering more cheaply than by gathering
+every tensor (e.g. a cache that records which beam each slot came from, see
+`IncrementalDecoder`) passes `reorder_state(state, rows) -> state`: `rows`
+is int32 `[batch * beam_size]`, the old row each new row continues.
+
+## Candidates
+
+Each step needs the `2 * beam_size` best of `beam_size * vocabulary`
+extensions per example. `beam_candidates` finds them without sorting the
+whole vocabulary when it is large (XLA's CPU top-k sorts): the maximum of
+each block of `block_size` logits bounds the block's candidates, so the
+best `2 * beam_size` blocks hold the best `2 * beam_size` candidates, and
+only those blocks are searched. The result is exactly `tf.math.top_k`'s,
+ties included (the lower flat index first).
+
 ## Scores and stopping
 
 - A hypothesis' log probability is the sum of its tokens' log softmax.
@@ -131,6 +146,112 @@ def keep_shapes(outputs, inputs):
     return tf.nest.map_structure(restore, outputs, inputs)
 
 
+# Logits per block in `beam_candidates` (see the module docstring); a
+# divisor of the vocabulary size near it is preferred (no ragged last block).
+BLOCK_SIZE = 256
+
+
+def _block_size(vocabulary_size, block_size):
+    """A divisor of `vocabulary_size` in [block_size / 2, 2 * block_size],
+    the nearest to `block_size`, else `block_size` itself."""
+    divisors = [
+        d
+        for d in range(block_size // 2, 2 * block_size + 1)
+        if d and vocabulary_size % d == 0
+    ]
+    if not divisors:
+        return block_size
+    return min(divisors, key=lambda d: (abs(d - block_size), d))
+
+
+def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
+    """The `count` best one-token extensions of each example's beams.
+
+    Equals, values and indices, ties included:
+    ```
+    log_probs = log_softmax(logits) + alive_log_probs[..., None]
+    top_k(reshape(log_probs, [batch, beam * vocabulary]), count)
+    ```
+    with the flat index split into (beam, token). When the vocabulary is
+    static and at least twice `block_size`, only the `count` blocks whose
+    maximum is best are searched (see the module docstring).
+
+    Args:
+        logits: float `[batch * beam, vocabulary]`, rows example-major.
+        alive_log_probs: float32 `[batch, beam]`.
+        count: int, candidates per example (<= beam * vocabulary).
+        block_size: int, logits per block (0 searches the flat array).
+
+    Returns:
+        `(log_probs, beams, tokens)`: float32 and int32 `[batch, count]`,
+        best first.
+    """
+    logits = tf.cast(logits, tf.float32)
+    batch_size = tf.shape(alive_log_probs)[0]
+    beam_size = alive_log_probs.shape[1] or tf.shape(alive_log_probs)[1]
+    vocabulary_size = logits.shape[-1]
+    # log_softmax, written out so that both paths compute bit-identical
+    # values: ((x - max) - log(sum(exp(x - max)))) + alive.
+    row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
+    log_sum = tf.math.log(
+        tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True)
+    )
+    offset = tf.reshape(alive_log_probs, [-1, 1])
+
+    def log_probs(x, row_max, log_sum, offset):
+        return ((x - row_max) - log_sum) + offset
+
+    if not block_size or vocabulary_size is None:
+        blocked = False
+    else:
+        block_size = _block_size(vocabulary_size, block_size)
+        blocked = vocabulary_size >= 2 * block_size
+    if not blocked:
+        vocabulary_size = tf.shape(logits)[-1]
+        values = log_probs(logits, row_max, log_sum, offset)
+        top, flat = tf.math.top_k(tf.reshape(values, [batch_size, -1]), k=count)
+        return top, flat // vocabulary_size, flat % vocabulary_size
+
+    full_blocks, tail = divmod(vocabulary_size, block_size)
+    blocks = full_blocks + (1 if tail else 0)
+    maxima = tf.reduce_max(
+        tf.reshape(
+            logits[:, : full_blocks * block_size], [-1, full_blocks, block_size]
+        ),
+        axis=-1,
+    )
+    if tail:
+        last = tf.reduce_max(
+            logits[:, full_blocks * block_size :], axis=-1, keepdims=True
+        )
+        maxima = tf.concat([maxima, last], axis=1)
+    # log_softmax is monotonic within a row, so a block's best candidate is
+    # its maximum's. Block c of an example is block c % blocks of beam
+    # c // blocks.
+    best = log_probs(maxima, row_max, log_sum, offset)
+    _, chosen = tf.math.top_k(tf.reshape(best, [batch_size, -1]), k=count)
+    # Ascending block order keeps top_k's tie order (lower index first).
+    chosen = tf.sort(chosen, axis=-1)
+    rows = tf.range(batch_size)[:, None] * beam_size + chosen // blocks
+    columns = (chosen % blocks)[:, :, None] * block_size + tf.range(block_size)
+    inside = columns < vocabulary_size  # the last block may be short
+    x = tf.gather(
+        tf.reshape(logits, [-1]),
+        rows[:, :, None] * vocabulary_size
+        + tf.minimum(columns, vocabulary_size - 1),
+    )
+    x = tf.where(inside, x, float("-inf"))
+
+    def per_row(t):
+        return tf.gather(tf.reshape(t, [-1]), rows)[:, :, None]
+
+    values = log_probs(x, per_row(row_max), per_row(log_sum), per_row(offset))
+    top, position = tf.math.top_k(tf.reshape(values, [batch_size, -1]), k=count)
+    block = tf.gather(chosen, position // block_size, batch_dims=1)
+    tokens = (block % blocks) * block_size + position % block_size
+    return top, block // blocks, tokens
+
+
 def beam_search(
     next_fn,
     initial_ids,
@@ -142,6 +263,7 @@ def beam_search(
     max_lengths=None,
     num_return_sequences=None,
     pad_id=0,
+    reorder_state=None,
 ):
     """Beam search with alive and finished hypotheses kept apart.
 
@@ -164,6 +286,9 @@ def beam_search(
         num_return_sequences: None for the best hypothesis, or an int
             `n <= beam_size` for the n best.
         pad_id: int, written after EOS.
+        reorder_state: optional callable `(state, rows) -> state` that
+            makes row `r` of the state continue old row `rows[r]`; by
+            default every tensor of the state is gathered by `rows`.
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` and float32
@@ -248,18 +373,11 @@ def beam_search(
     ):
         flat_ids = tf.reshape(alive_seq, [batch_size * k, buffer_length])
         logits, new_state = next_fn(flat_ids, index, alive_state)
-        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
-        vocabulary_size = tf.shape(log_probs)[-1]
-        log_probs = tf.reshape(log_probs, [batch_size, k, vocabulary_size])
-
-        # 2k candidates per example from the k * vocabulary extensions.
-        # Flat candidate c = beam * vocabulary_size + token.
-        candidate_log_probs = log_probs + alive_log_probs[:, :, None]
-        top_log_probs, top_flat = tf.math.top_k(
-            tf.reshape(candidate_log_probs, [batch_size, -1]), k=2 * k
+        # 2k candidates per example from the k * vocabulary extensions:
+        # log probabilities, the beam each extends and the token.
+        top_log_probs, source_beam, tokens = beam_candidates(
+            logits, alive_log_probs, 2 * k
         )
-        source_beam = top_flat // vocabulary_size  # [batch, 2k] in [0, k)
-        tokens = top_flat % vocabulary_size  # [batch, 2k]
         candidate_seq = tf.gather(alive_seq, source_beam, batch_dims=1)
         candidate_seq = _write_column(candidate_seq, index + 1, tokens)
 
@@ -282,9 +400,12 @@ def beam_search(
         rows = tf.reshape(
             alive_source + tf.range(batch_size)[:, None] * k, [-1]
         )
-        new_alive_state = tf.nest.map_structure(
-            lambda t: tf.gather(t, rows), new_state
-        )
+        if reorder_state is None:
+            new_alive_state = tf.nest.map_structure(
+                lambda t: tf.gather(t, rows), new_state
+            )
+        else:
+            new_alive_state = reorder_state(new_state, rows)
 
         # New finished set: best k of the old finished and the finishing
         # candidates. Old ones come first, so they win ties.

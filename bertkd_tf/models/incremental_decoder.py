@@ -22,6 +22,16 @@ weights, arranged for the search loop:
 
 Rows are example-major: row `b * group_size + g` is beam `g` of example `b`,
 as in `decoding.beam_search`.
+
+Beam search reorders the rows after every step. By default the state is the
+caches alone and the search gathers them (every slot of every layer, every
+step). `initial_state(..., track_origins=True)` instead keeps each row's
+cache where it was written and records, per row and slot, which beam of the
+example wrote it (`origins [rows, length]`); `reorder_state` then only
+gathers those indices, and self-attention reads each slot from the beam it
+came from (a gather fused into the attention arithmetic under XLA). The two
+compute the same function; under XLA tracking origins is faster, in
+TensorFlow's graph mode gathering the caches is.
 """
 
 import math
@@ -151,17 +161,42 @@ class IncrementalDecoder:
             "cross_bias": cross_bias,  # [batch, 1, 1, source_length]
         }
 
-    def initial_state(self, rows, buffer_length):
-        """Zero self-attention caches: a tuple of `(keys, values)` per layer,
-        each `[rows, heads, buffer_length, head_dim]`."""
-        shape = [rows, self.num_heads, buffer_length, self.head_dim]
-        return tuple(
+    def initial_state(self, rows, buffer_length, track_origins=False):
+        """Zero self-attention caches.
+
+        Without `track_origins`: a tuple of `(keys, values)` per layer, each
+        `[rows, heads, buffer_length, head_dim]`, to be reordered by
+        gathering rows. With it: a dict with `caches` (a `(keys, values)`
+        pair per layer, each `[rows, buffer_length, hidden_dim]`, never
+        reordered) and `origins` (int32 `[rows, buffer_length]`, the beam
+        within the example whose cache holds each slot of the row's
+        hypothesis), to be reordered by `reorder_state`.
+        """
+        if not track_origins:
+            shape = [rows, self.num_heads, buffer_length, self.head_dim]
+        else:
+            shape = [rows, buffer_length, self.hidden_dim]
+        caches = tuple(
             (
                 tf.zeros(shape, self.compute_dtype),
                 tf.zeros(shape, self.compute_dtype),
             )
             for _ in self.layers
         )
+        if not track_origins:
+            return caches
+        origins = tf.zeros([rows, buffer_length], tf.int32)
+        return {"caches": caches, "origins": origins}
+
+    @staticmethod
+    def reorder_state(state, rows):
+        """Row `r` of the result continues row `rows[r]` (beam search)."""
+        if isinstance(state, dict):
+            return {
+                "caches": state["caches"],
+                "origins": tf.gather(state["origins"], rows),
+            }
+        return tf.nest.map_structure(lambda t: tf.gather(t, rows), state)
 
     def position_table(self, buffer_length):
         """Sinusoidal positions `[buffer_length, hidden_dim]` (as embedded)."""
@@ -212,6 +247,29 @@ class IncrementalDecoder:
         o = tf.reshape(tf.transpose(o, [0, 2, 1, 3]), [rows, d])
         return _affine(o, params["cross_output"])
 
+    def _self_attention_by_origin(self, h, params, cache, index, bias, slots):
+        """`_self_attention` over caches that are never reordered: the key
+        and value of slot `l` of row `r` are read from row `slots[r, l]` of
+        the `[rows * length]` flattened cache (see `step`)."""
+        rows, d = tf.shape(h)[0], self.hidden_dim
+        heads, head_dim = self.num_heads, self.head_dim
+        qkv = _affine(h, params["qkv"])
+        q, k, v = (qkv[:, i * d : (i + 1) * d] for i in range(3))
+        keys, values = cache
+        keys = dynamic_update_slice(keys, k[:, None, :], [0, index, 0])
+        values = dynamic_update_slice(values, v[:, None, :], [0, index, 0])
+
+        def read(cache):  # [rows, length, heads, head_dim], float32
+            flat = tf.reshape(cache, [-1, heads, head_dim])
+            return tf.cast(tf.gather(flat, slots), tf.float32)
+
+        q = tf.cast(tf.reshape(q, [rows, 1, heads, head_dim]), tf.float32)
+        scores = tf.reduce_sum(q * read(keys), axis=-1)  # [R, L, H]
+        probs = tf.nn.softmax(scores + bias[None, :, None], axis=1)
+        o = tf.reduce_sum(probs[..., None] * read(values), axis=1)
+        o = tf.cast(tf.reshape(o, [rows, d]), self.compute_dtype)
+        return _affine(o, params["self_output"]), (keys, values)
+
     def _softmax(self, scores):
         return tf.cast(tf.nn.softmax(scores, axis=-1), self.compute_dtype)
 
@@ -232,10 +290,30 @@ class IncrementalDecoder:
 
         Returns:
             `(logits, state)`: float32 `[rows, vocabulary_size]` and the
-            caches with this position's keys/values written.
+            state with this position's keys/values written.
         """
         dtype = self.compute_dtype
-        buffer_length = state[0][0].shape[2] or tf.shape(state[0][0])[2]
+        by_origin = isinstance(state, dict)
+        if by_origin:
+            origins = state["origins"]
+            buffer_length = origins.shape[1] or tf.shape(origins)[1]
+            rows = tf.shape(origins)[0]
+            slots = tf.range(buffer_length)
+            # This position's slot is the row's own; earlier ones are where
+            # the search's reordering left them.
+            own_beam = tf.range(rows) % group_size
+            origins = tf.where(
+                slots[None, :] == index, own_beam[:, None], origins
+            )
+            # Row of the flattened [rows * length] cache for each slot.
+            source_rows = tf.range(rows) - own_beam
+            cache_slots = (
+                source_rows[:, None] + origins
+            ) * buffer_length + slots[None, :]
+            caches = state["caches"]
+        else:
+            buffer_length = state[0][0].shape[2] or tf.shape(state[0][0])[2]
+            caches = state
         if positions is None:
             positions = self.position_table(buffer_length)
         embeddings = context["embeddings"]
@@ -246,11 +324,21 @@ class IncrementalDecoder:
         slots = tf.range(buffer_length)
         self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
         new_state = []
-        for layer, params, cache in zip(self.layers, context["layers"], state):
+        for layer, params, cache in zip(self.layers, context["layers"], caches):
             norm = layer._self_attention_layer_norm
-            out, cache = self._self_attention(
-                self._pre_norm(norm, x), params, cache, index, self_bias
-            )
+            if by_origin:
+                out, cache = self._self_attention_by_origin(
+                    self._pre_norm(norm, x),
+                    params,
+                    cache,
+                    index,
+                    self_bias,
+                    cache_slots,
+                )
+            else:
+                out, cache = self._self_attention(
+                    self._pre_norm(norm, x), params, cache, index, self_bias
+                )
             new_state.append(cache)
             x = self._post_norm(norm, x + out)
             norm = layer._cross_attention_layer_norm
@@ -269,8 +357,10 @@ class IncrementalDecoder:
 
         if self.backbone.decoder_layer_norm is not None:
             x = self.backbone.decoder_layer_norm(x)
-        logits = tf.matmul(x, embeddings, transpose_b=True)
-        return tf.cast(logits, tf.float32), tuple(new_state)
+        logits = tf.cast(tf.matmul(x, embeddings, transpose_b=True), tf.float32)
+        if by_origin:
+            return logits, {"caches": tuple(new_state), "origins": origins}
+        return logits, tuple(new_state)
 
 
 def _affine(x, kernel_and_bias):

@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from bertkd_tf.decoding.beam_search import (
+    beam_candidates,
     beam_search,
     decode_lengths,
     gnmt_length_penalty,
@@ -270,3 +271,72 @@ def test_validation(kwargs, message):
         beam_search(
             fixed_next_fn(np.ones((4, 4))), [BOS], (), eos_id=EOS, **kwargs
         )
+
+
+def flat_candidates(logits, alive_log_probs, count):
+    """The reference: top-k over the whole log_softmax + alive array."""
+    batch, beam = alive_log_probs.shape
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    values = (
+        tf.reshape(log_probs, [batch, beam, -1]) + alive_log_probs[..., None]
+    )
+    top, flat = tf.math.top_k(tf.reshape(values, [batch, -1]), k=count)
+    vocabulary = logits.shape[-1]
+    return (
+        top.numpy(),
+        (flat // vocabulary).numpy(),
+        (flat % vocabulary).numpy(),
+    )
+
+
+@pytest.mark.parametrize(
+    "vocabulary,block_size",
+    # block 16; divisor 20 preferred; prime: blocks of 8 and a ragged tail
+    [(96, 16), (100, 16), (97, 8), (1000, 256)],
+)
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_blocked_candidates_equal_top_k_over_everything(
+    vocabulary, block_size, jit_compile
+):
+    rng = np.random.default_rng(vocabulary)
+    batch, beam, count = 3, 4, 8
+    # Both paths compiled alike: XLA's exp/log may differ from eager's in
+    # the last bit, the two paths may not.
+    candidates, flat = (
+        tf.function(
+            lambda logits, alive, size=size: beam_candidates(
+                logits, alive, count, block_size=size
+            ),
+            jit_compile=jit_compile,
+        )
+        for size in (block_size, 0)
+    )
+    for trial in range(6):
+        if trial % 2:
+            # Heavy ties: few distinct values, so ties fall across block
+            # boundaries and the lower flat index must win, as in top_k.
+            logits = rng.integers(-2, 2, (batch * beam, vocabulary))
+            alive = rng.integers(-1, 1, (batch, beam))
+        else:
+            logits = rng.normal(size=(batch * beam, vocabulary))
+            alive = rng.normal(size=(batch, beam))
+        logits = tf.constant(logits, tf.float32)
+        alive = tf.constant(alive, tf.float32)
+        top, beams, tokens = candidates(logits, alive)
+        flat_top, flat_beams, flat_tokens = flat(logits, alive)
+        np.testing.assert_array_equal(top, flat_top)
+        np.testing.assert_array_equal(beams, flat_beams)
+        np.testing.assert_array_equal(tokens, flat_tokens)
+        reference = flat_candidates(logits, alive, count)
+        np.testing.assert_allclose(top, reference[0], rtol=1e-6, atol=1e-6)
+        if trial % 2 == 0:  # no ties: the same candidates as top_k's
+            np.testing.assert_array_equal(beams, reference[1])
+            np.testing.assert_array_equal(tokens, reference[2])
+
+
+def test_block_size_prefers_a_divisor_of_the_vocabulary():
+    from bertkd_tf.decoding.beam_search import _block_size
+
+    assert _block_size(10428, 256) == 237  # 10428 = 44 * 237
+    assert _block_size(16384, 256) == 256
+    assert _block_size(19777, 256) == 256  # no divisor in [128, 512]
