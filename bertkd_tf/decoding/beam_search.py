@@ -38,6 +38,16 @@ every tensor (e.g. a cache that records which beam each slot came from, see
 `IncrementalDecoder`) passes `reorder_state(state, rows) -> state`: `rows`
 is int32 `[batch * beam_size]`, the old row each new row continues.
 
+## Attending to a prefix of the cache
+
+Under XLA shapes are static, so a cache of `max_length` slots costs its
+full length at every step, even at step 3. With `prefix_lengths` (e.g.
+`[16, 32, 64]`, see `doubling_prefix_lengths`) the loop runs in phases:
+phase `p` covers the steps with `index < prefix_lengths[p]` and calls
+`next_fn(token_ids, index, state, prefix_length=prefix_lengths[p])`, a
+static int, so the decoder can read only the first `prefix_length` slots.
+Each phase compiles its own copy of the step.
+
 ## Candidates
 
 Each step needs the `2 * beam_size` best of `beam_size * vocabulary`
@@ -144,6 +154,60 @@ def keep_shapes(outputs, inputs):
         return output
 
     return tf.nest.map_structure(restore, outputs, inputs)
+
+
+def doubling_prefix_lengths(max_length, first=16):
+    """`[first, 2 * first, 4 * first, ...]` below `max_length`, then
+    `max_length`: phases for `prefix_lengths` (one when `max_length <=
+    first`)."""
+    lengths = []
+    length = first
+    while length < max_length:
+        lengths.append(length)
+        length *= 2
+    return lengths + [max_length]
+
+
+def _validate_prefix_lengths(prefix_lengths, max_length):
+    if prefix_lengths is None:
+        return
+    lengths = list(prefix_lengths)
+    if (
+        not lengths
+        or not all(isinstance(n, int) and n > 0 for n in lengths)
+        or lengths != sorted(set(lengths))
+        or lengths[-1] != max_length
+    ):
+        raise ValueError(
+            "`prefix_lengths` must be increasing positive ints ending at "
+            f"max_length={max_length}. Received: {prefix_lengths!r}"
+        )
+
+
+def phased_while_loop(cond, body, loop_vars, max_length, prefix_lengths):
+    """`tf.while_loop(cond, body)` over at most `max_length` steps, run in
+    phases that end at `prefix_lengths` (see the module docstring).
+
+    `body(prefix_length, *loop_vars)` gets the phase's static bound (None
+    without phases); `loop_vars[0]` is the step index.
+    """
+    if prefix_lengths is None:
+        return tf.while_loop(
+            cond,
+            lambda *v: body(None, *v),
+            loop_vars,
+            maximum_iterations=max_length,
+        )
+    start = 0
+    for end in prefix_lengths:
+        loop_vars = tf.while_loop(
+            lambda *v, end=end: tf.logical_and(v[0] < end, cond(*v)),
+            lambda *v, end=end: body(end, *v),
+            loop_vars,
+            maximum_iterations=end - start,
+        )
+        start = end
+    return loop_vars
 
 
 # Logits per block in `beam_candidates` (see the module docstring); a
@@ -264,6 +328,7 @@ def beam_search(
     num_return_sequences=None,
     pad_id=0,
     reorder_state=None,
+    prefix_lengths=None,
 ):
     """Beam search with alive and finished hypotheses kept apart.
 
@@ -289,6 +354,9 @@ def beam_search(
         reorder_state: optional callable `(state, rows) -> state` that
             makes row `r` of the state continue old row `rows[r]`; by
             default every tensor of the state is gathered by `rows`.
+        prefix_lengths: optional increasing static ints ending at
+            `max_length`: run the loop in phases and pass `next_fn` the
+            phase's bound as `prefix_length` (see the module docstring).
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` and float32
@@ -310,6 +378,7 @@ def beam_search(
     ```
     """
     _validate(beam_size, max_length, num_return_sequences)
+    _validate_prefix_lengths(prefix_lengths, max_length)
     n_best = num_return_sequences or 1
     k = beam_size
     buffer_length = max_length + 1
@@ -363,6 +432,7 @@ def beam_search(
         return tf.logical_not(tf.reduce_all(done))
 
     def body(
+        prefix_length,
         index,
         alive_seq,
         alive_log_probs,
@@ -372,7 +442,12 @@ def beam_search(
         finished_flags,
     ):
         flat_ids = tf.reshape(alive_seq, [batch_size * k, buffer_length])
-        logits, new_state = next_fn(flat_ids, index, alive_state)
+        if prefix_length is None:
+            logits, new_state = next_fn(flat_ids, index, alive_state)
+        else:
+            logits, new_state = next_fn(
+                flat_ids, index, alive_state, prefix_length=prefix_length
+            )
         # 2k candidates per example from the k * vocabulary extensions:
         # log probabilities, the beam each extends and the token.
         top_log_probs, source_beam, tokens = beam_candidates(
@@ -458,7 +533,7 @@ def beam_search(
         finished_seq,
         finished_scores,
         finished_flags,
-    ) = tf.while_loop(cond, body, loop_vars, maximum_iterations=max_length)
+    ) = phased_while_loop(cond, body, loop_vars, max_length, prefix_lengths)
 
     # Every example finalizes at its maximum length, so this fallback only
     # matters when no candidate was ever valid (e.g. beam > hypotheses).

@@ -5,11 +5,17 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from bertkd_tf.decoding.beam_search import beam_search, decode_lengths
+from bertkd_tf.decoding.beam_search import (
+    beam_search,
+    decode_lengths,
+    doubling_prefix_lengths,
+)
 from bertkd_tf.decoding.greedy_search import greedy_search
 from bertkd_tf.models.incremental_decoder import IncrementalDecoder
 
 DEFAULT_BUCKET_LENGTHS = (16, 32, 64, 128, 256, 512, 1024)
+# First phase of the prefix-attention search under XLA (see beam_search).
+PREFIX_PHASE = 16
 
 
 def _next_bucket(value, buckets):
@@ -37,7 +43,7 @@ def decode_student(
     pad_id,
     num_return_sequences=None,
     use_cache=True,
-    reorder_caches=True,
+    xla=False,
 ):
     """Graph: encoder inputs -> (ids, scores) by greedy or beam search.
 
@@ -50,10 +56,12 @@ def decode_student(
     the decoder prefix at every step with the model's own layers (the
     baseline the cache is measured against).
 
-    `reorder_caches=False` makes beam search track which beam each cache
-    slot came from instead of gathering the caches every step (see
-    `IncrementalDecoder`): faster under XLA, slower in graph mode. Greedy
-    search never reorders.
+    `xla=True` arranges the search for XLA's static shapes (faster there,
+    slower in TensorFlow's graph mode): beam search tracks which beam each
+    cache slot came from instead of gathering the caches every step (see
+    `IncrementalDecoder`), and the loop runs in phases of 16, 32, 64, ...
+    steps that attend over only that prefix of the cache (see
+    `beam_search`).
     """
     batch_size = tf.shape(encoder_token_ids)[0]
     encoder_hidden = model.call_encoder(encoder_token_ids, encoder_padding_mask)
@@ -68,7 +76,7 @@ def decode_student(
         context = decoder.prepare(encoder_hidden, encoder_padding_mask)
         positions = decoder.position_table(buffer_length)
 
-        def next_fn(token_ids, index, state):
+        def next_fn(token_ids, index, state, prefix_length=None):
             last = tf.gather(token_ids, index, axis=1)
             return decoder.step(
                 context,
@@ -77,15 +85,22 @@ def decode_student(
                 state,
                 group_size=beam_size,
                 positions=positions,
+                prefix_length=prefix_length,
             )
 
-        track_origins = beam_size > 1 and not reorder_caches
+        track_origins = beam_size > 1 and xla
         initial_state = decoder.initial_state(
             batch_size, buffer_length, track_origins=track_origins
         )
         reorder_state = decoder.reorder_state
+        prefix_lengths = (
+            doubling_prefix_lengths(buffer_length, PREFIX_PHASE)
+            if xla
+            else None
+        )
     else:
         reorder_state = None
+        prefix_lengths = None
         source_length = tf.shape(encoder_token_ids)[1]
         # Cross-attention keys/values, once: one decoder step on BOS at
         # batch size (its self-attention cache is thrown away).
@@ -133,6 +148,7 @@ def decode_student(
             eos_id=eos_id,
             max_lengths=max_lengths,
             pad_id=pad_id,
+            prefix_lengths=prefix_lengths,
         )
     return beam_search(
         next_fn,
@@ -146,6 +162,7 @@ def decode_student(
         num_return_sequences=num_return_sequences,
         pad_id=pad_id,
         reorder_state=reorder_state,
+        prefix_lengths=prefix_lengths,
     )
 
 
@@ -322,8 +339,7 @@ class Generator:
                 pad_id=self.pad_id,
                 num_return_sequences=num_return_sequences,
                 use_cache=use_cache,
-                # Tracking cache origins pays under XLA only.
-                reorder_caches=not self.jit_compile,
+                xla=self.jit_compile,
             )
 
         return tf.function(search, jit_compile=self.jit_compile)

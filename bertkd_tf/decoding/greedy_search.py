@@ -2,7 +2,12 @@
 
 import tensorflow as tf
 
-from bertkd_tf.decoding.beam_search import _write_column, keep_shapes
+from bertkd_tf.decoding.beam_search import (
+    _validate_prefix_lengths,
+    _write_column,
+    keep_shapes,
+    phased_while_loop,
+)
 
 
 def greedy_search(
@@ -13,6 +18,7 @@ def greedy_search(
     eos_id,
     max_lengths=None,
     pad_id=0,
+    prefix_lengths=None,
 ):
     """Picks the most likely token at every step.
 
@@ -33,6 +39,7 @@ def greedy_search(
         eos_id: int, the end-of-sequence token id.
         max_lengths: optional int tensor `[batch]`, per-example limits.
         pad_id: int, written after EOS.
+        prefix_lengths: optional phases, as in `beam_search`.
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` without the start
@@ -53,6 +60,7 @@ def greedy_search(
         raise ValueError(
             f"`max_length` must be a positive int. Received: {max_length!r}"
         )
+    _validate_prefix_lengths(prefix_lengths, max_length)
     initial_ids = tf.cast(tf.convert_to_tensor(initial_ids), tf.int32)
     batch_size = tf.shape(initial_ids)[0]
     if max_lengths is None:
@@ -69,8 +77,13 @@ def greedy_search(
     def cond(index, sequences, scores, finished, state):
         return tf.logical_not(tf.reduce_all(finished))
 
-    def body(index, sequences, scores, finished, state):
-        logits, state = next_fn(sequences, index, state)
+    def body(prefix_length, index, sequences, scores, finished, state):
+        if prefix_length is None:
+            logits, state = next_fn(sequences, index, state)
+        else:
+            logits, state = next_fn(
+                sequences, index, state, prefix_length=prefix_length
+            )
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)
@@ -91,7 +104,7 @@ def greedy_search(
         tf.zeros([batch_size], tf.bool),
         initial_state,
     )
-    _, sequences, scores, _, _ = tf.while_loop(
-        cond, body, loop_vars, maximum_iterations=max_length
+    _, sequences, scores, _, _ = phased_while_loop(
+        cond, body, loop_vars, max_length, prefix_lengths
     )
     return sequences[:, 1:], scores

@@ -213,9 +213,10 @@ class IncrementalDecoder:
     def _post_norm(self, layer_norm, x):
         return x if self.normalize_first else layer_norm(x)
 
-    def _self_attention(self, h, params, cache, index, bias):
-        """Over the cache, this position's keys/values written first (the
-        query is pre-scaled); returns `(output [rows, d], cache)`."""
+    def _self_attention(self, h, params, cache, index, bias, prefix_length):
+        """Over the cache (its first `prefix_length` slots when set), this
+        position's keys/values written first (the query is pre-scaled);
+        returns `(output [rows, d], cache)`."""
         rows, d = tf.shape(h)[0], self.hidden_dim
         qkv = _affine(h, params["qkv"])
         q, k, v = (
@@ -228,10 +229,14 @@ class IncrementalDecoder:
         start = [0, 0, index, 0]
         keys = dynamic_update_slice(keys, k, start)
         values = dynamic_update_slice(values, v, start)
+        new_cache = (keys, values)
+        if prefix_length is not None:
+            keys = keys[:, :, :prefix_length]
+            values = values[:, :, :prefix_length]
         scores = tf.matmul(q, keys, transpose_b=True)  # [R, H, 1, L]
         probs = self._softmax(tf.cast(scores, tf.float32) + bias)
         o = tf.reshape(tf.matmul(probs, values), [rows, d])
-        return _affine(o, params["self_output"]), (keys, values)
+        return _affine(o, params["self_output"]), new_cache
 
     def _cross_attention(self, h, params, bias, group_size):
         """Over the encoder, keys/values shared by a group's rows."""
@@ -274,7 +279,14 @@ class IncrementalDecoder:
         return tf.cast(tf.nn.softmax(scores, axis=-1), self.compute_dtype)
 
     def step(
-        self, context, token_ids, index, state, group_size, positions=None
+        self,
+        context,
+        token_ids,
+        index,
+        state,
+        group_size,
+        positions=None,
+        prefix_length=None,
     ):
         """Logits for the next token after `token_ids` at position `index`.
 
@@ -287,6 +299,9 @@ class IncrementalDecoder:
             group_size: int, rows per example (the beam size).
             positions: optional `position_table(buffer_length)` (computed
                 here when None).
+            prefix_length: optional static int > `index`: attend over the
+                first `prefix_length` cache slots only (the later ones are
+                masked anyway); phases of `beam_search` pass it.
 
         Returns:
             `(logits, state)`: float32 `[rows, vocabulary_size]` and the
@@ -307,9 +322,10 @@ class IncrementalDecoder:
             )
             # Row of the flattened [rows * length] cache for each slot.
             source_rows = tf.range(rows) - own_beam
+            visible = prefix_length or buffer_length
             cache_slots = (
-                source_rows[:, None] + origins
-            ) * buffer_length + slots[None, :]
+                source_rows[:, None] + origins[:, :visible]
+            ) * buffer_length + slots[None, :visible]
             caches = state["caches"]
         else:
             buffer_length = state[0][0].shape[2] or tf.shape(state[0][0])[2]
@@ -321,7 +337,7 @@ class IncrementalDecoder:
         x = x * tf.cast(self.backbone.embedding_scale, dtype)
         x = x + tf.cast(tf.gather(positions, index), dtype)[None, :]
 
-        slots = tf.range(buffer_length)
+        slots = tf.range(prefix_length or buffer_length)
         self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
         new_state = []
         for layer, params, cache in zip(self.layers, context["layers"], caches):
@@ -337,7 +353,12 @@ class IncrementalDecoder:
                 )
             else:
                 out, cache = self._self_attention(
-                    self._pre_norm(norm, x), params, cache, index, self_bias
+                    self._pre_norm(norm, x),
+                    params,
+                    cache,
+                    index,
+                    self_bias,
+                    prefix_length,
                 )
             new_state.append(cache)
             x = self._post_norm(norm, x + out)

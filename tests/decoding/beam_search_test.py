@@ -6,6 +6,7 @@ from bertkd_tf.decoding.beam_search import (
     beam_candidates,
     beam_search,
     decode_lengths,
+    doubling_prefix_lengths,
     gnmt_length_penalty,
 )
 from bertkd_tf.decoding.greedy_search import greedy_search
@@ -340,3 +341,66 @@ def test_block_size_prefers_a_divisor_of_the_vocabulary():
     assert _block_size(10428, 256) == 237  # 10428 = 44 * 237
     assert _block_size(16384, 256) == 256
     assert _block_size(19777, 256) == 256  # no divisor in [128, 512]
+
+
+def test_doubling_prefix_lengths():
+    assert doubling_prefix_lengths(32) == [16, 32]
+    assert doubling_prefix_lengths(100) == [16, 32, 64, 100]
+    assert doubling_prefix_lengths(64, first=16) == [16, 32, 64]
+    assert doubling_prefix_lengths(10) == [10]
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_prefix_phases_do_not_change_the_result(beam_size):
+    # In phases, next_fn gets a static bound above every index it sees, and
+    # the search returns exactly what one loop returns.
+    model = PrefixModel(vocabulary_size=6, seed=2)
+    bounds = []
+
+    def bounded_fn(token_ids, index, state, prefix_length):
+        bounds.append(prefix_length)  # once per phase (traced)
+        tf.debugging.assert_less(index, prefix_length)
+        return model.next_fn(token_ids, index, state)
+
+    search = tf.function(
+        lambda fn, phases: (
+            beam_search(
+                fn,
+                tf.fill([3], BOS),
+                model.initial_state(3),
+                beam_size=beam_size,
+                max_length=7,
+                eos_id=EOS,
+                prefix_lengths=phases,
+            )
+            if beam_size > 1
+            else greedy_search(
+                fn,
+                tf.fill([3], BOS),
+                model.initial_state(3),
+                max_length=7,
+                eos_id=EOS,
+                prefix_lengths=phases,
+            )
+        ),
+        jit_compile=True,
+    )
+    ids, scores = search(model.next_fn, None)
+    phased_ids, phased_scores = search(bounded_fn, (2, 4, 7))
+    assert sorted(set(bounds)) == [2, 4, 7]
+    np.testing.assert_array_equal(phased_ids, ids)
+    np.testing.assert_array_equal(phased_scores, scores)
+
+
+@pytest.mark.parametrize("phases", [[], [3, 2, 7], [2, 4], [0, 7], [2.0, 7]])
+def test_prefix_lengths_validation(phases):
+    with pytest.raises(ValueError, match="`prefix_lengths` must be"):
+        beam_search(
+            lambda ids, index, state, prefix_length: (None, state),
+            [BOS],
+            (),
+            beam_size=2,
+            max_length=7,
+            eos_id=EOS,
+            prefix_lengths=phases,
+        )

@@ -175,3 +175,24 @@ def test_tracked_origins_state_and_mixed_bfloat16():
     np.testing.assert_array_equal(
         np.argmax(tracked, -1), np.argmax(gathered, -1)
     )
+
+
+@pytest.mark.parametrize("track_origins", [False, True])
+def test_prefix_length_changes_nothing(track_origins):
+    # Attending over the first `prefix_length` slots only (the rest are
+    # masked) gives the same logits and leaves the same state.
+    model = make_model()
+    decoder = IncrementalDecoder(model)
+    hidden = model.call_encoder(SOURCE, SOURCE_MASK)
+    context = decoder.prepare(hidden, SOURCE_MASK)
+    full = decoder.initial_state(4, 6, track_origins=track_origins)
+    prefix = full
+    for t in range(TARGET.shape[1]):
+        args = (context, TARGET[:, t], tf.constant(t))
+        logits, full = decoder.step(*args, full, group_size=2)
+        short, prefix = decoder.step(
+            *args, prefix, group_size=2, prefix_length=t + 1
+        )
+        np.testing.assert_allclose(short, logits, rtol=1e-5, atol=1e-6)
+    for a, b in zip(tf.nest.flatten(full), tf.nest.flatten(prefix)):
+        np.testing.assert_array_equal(a, b)
