@@ -254,13 +254,14 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
     batch_size = tf.shape(alive_log_probs)[0]
     beam_size = alive_log_probs.shape[1] or tf.shape(alive_log_probs)[1]
     vocabulary_size = logits.shape[-1]
+    offset = tf.reshape(alive_log_probs, [-1, 1])
+
     # log_softmax, written out so that both paths compute bit-identical
     # values: ((x - max) - log(sum(exp(x - max)))) + alive.
-    row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
-    log_sum = tf.math.log(
-        tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True)
-    )
-    offset = tf.reshape(alive_log_probs, [-1, 1])
+    def log_sum_exp(row_max):
+        return tf.math.log(
+            tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True)
+        )
 
     def log_probs(x, row_max, log_sum, offset):
         return ((x - row_max) - log_sum) + offset
@@ -272,6 +273,8 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
         blocked = vocabulary_size >= 2 * block_size
     if not blocked:
         vocabulary_size = tf.shape(logits)[-1]
+        row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
+        log_sum = log_sum_exp(row_max)
         values = log_probs(logits, row_max, log_sum, offset)
         top, flat = tf.math.top_k(tf.reshape(values, [batch_size, -1]), k=count)
         return top, flat // vocabulary_size, flat % vocabulary_size
@@ -289,6 +292,9 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
             logits[:, full_blocks * block_size :], axis=-1, keepdims=True
         )
         maxima = tf.concat([maxima, last], axis=1)
+    # The row's maximum is its blocks' (one pass over the logits fewer).
+    row_max = tf.reduce_max(maxima, axis=-1, keepdims=True)
+    log_sum = log_sum_exp(row_max)
     # log_softmax is monotonic within a row, so a block's best candidate is
     # its maximum's. Block c of an example is block c % blocks of beam
     # c // blocks.

@@ -238,14 +238,14 @@ def test_validation_messages():
     assert generator.generate(tf.ragged.constant([[5, 6]]), max_length=2)
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_xla_prefix_phases_agree_with_eager(beam_size, monkeypatch):
-    # Phases of 2, 4, 8 steps (XLA only): the same outputs as one loop.
+def test_xla_prefix_phases_agree_with_eager(monkeypatch):
+    # Phases of 2, 4, 8 steps (XLA beam search): the same outputs as one
+    # loop in graph mode.
     from bertkd_tf.decoding import generator as generator_module
 
     monkeypatch.setattr(generator_module, "PREFIX_PHASE", 2)
     model = tiny_model(seed=4)
-    kwargs = dict(beam_size=beam_size, max_length=8, return_scores=True)
+    kwargs = dict(beam_size=3, max_length=8, return_scores=True)
     ids, scores = Generator(model, jit_compile=False).generate(
         SOURCES, **kwargs
     )
