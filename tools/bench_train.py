@@ -74,14 +74,19 @@ PROFILE_ROWS = flags.DEFINE_integer("profile_rows", 12, "Op types shown.")
 def matmul_ceiling(dtype, n=2048, repeats=10):
     """FLOP/s of an n x n x n matmul in a tf.function (graph mode)."""
     a = tf.random.normal([n, n], dtype="float32")
-    b = tf.random.normal([n, n], dtype="float32")
+    # Scaled so that repeated products keep unit magnitude.
+    b = tf.random.normal([n, n], dtype="float32") / n**0.5
     a, b = tf.cast(a, dtype), tf.cast(b, dtype)
 
     @tf.function
     def chain(a, b):
+        # Each product feeds the next: `repeats` matmuls really run. (A
+        # chain of identical `matmul(a, b)` nodes is merged into one by
+        # Grappler's common-subexpression elimination, which made the
+        # ceiling read `repeats` times too high before session 3.)
         out = a
         for _ in range(repeats):
-            out = tf.matmul(a, b) + out * 0  # Dependent chain, no CSE.
+            out = tf.matmul(out, b)
         return out
 
     chain(a, b).numpy()
