@@ -81,6 +81,12 @@ def main():
     parser.add_argument("--skip_no_xla", action="store_true")
     parser.add_argument("--skip_no_cache", action="store_true")
     parser.add_argument("--mixed_batches", type=int, default=24)
+    parser.add_argument(
+        "--prefix_phases",
+        action="store_true",
+        help="XLA beam search in phases attending over a growing prefix "
+        "of the cache (Generator(prefix_phases=True)).",
+    )
     args = parser.parse_args()
 
     model = build_model(args)
@@ -95,13 +101,13 @@ def main():
         f" vocab={args.vocabulary_size} dtype={args.dtype or 'float32'}; "
         f"source {args.source_length} tokens, {args.new_tokens} new tokens, "
         f"length penalty {args.length_penalty}; {tf.__version__}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; prefix phases {args.prefix_phases}"
     )
     print()
     print("| search | batch | XLA | cache | sentences/s | target tokens/s |")
     print("|---|---|---|---|---|---|")
     generators = {
-        jit: Generator(model, jit_compile=jit)
+        jit: Generator(model, jit_compile=jit, prefix_phases=args.prefix_phases)
         for jit in ([True] if args.skip_no_xla else [True, False])
     }
     rows = []

@@ -87,6 +87,7 @@ def run(
     metrics=None,
     max_pairs=None,
     jit_compile=True,
+    prefix_phases=False,
     dtype=None,
     output_dir=None,
     verbose=True,
@@ -108,6 +109,9 @@ def run(
             `task.kind`.
         max_pairs: decode only the first N pairs.
         jit_compile: compile the search with XLA.
+        prefix_phases: with XLA, beam search in phases that attend over a
+            growing prefix of the cache (faster steps, longer compilation;
+            see `Generator`).
         dtype: optional dtype policy for the model (e.g. "mixed_bfloat16").
         output_dir: where to write; default
             `<model dir>/evaluate/<split>`.
@@ -127,6 +131,7 @@ def run(
         model,
         vocabulary,
         jit_compile=jit_compile,
+        prefix_phases=prefix_phases,
         max_source_length=task.max_source_length + 1,
     )
     logging.info(
@@ -175,6 +180,7 @@ def run(
             "max_length_margin": max_length_margin,
             "batch_size": batch_size,
             "jit_compile": jit_compile,
+            "prefix_phases": prefix_phases,
             "compilations": generator.compile_count,
         },
         "seconds": seconds,

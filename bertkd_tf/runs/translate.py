@@ -43,6 +43,7 @@ def run(
     max_source_length=256,
     batch_size=32,
     jit_compile=True,
+    prefix_phases=False,
     dtype=None,
 ):
     """Translates every line; returns `{"output_file", "lines", "seconds"}`.
@@ -59,6 +60,9 @@ def run(
         max_source_length: longer inputs are truncated (WordPieces).
         batch_size: lines per batch.
         jit_compile: compile the search with XLA.
+        prefix_phases: with XLA, beam search in phases that attend over a
+            growing prefix of the cache (faster steps, longer compilation;
+            see `Generator`).
         dtype: optional dtype policy for the model.
     """
     vocabulary = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
@@ -68,6 +72,7 @@ def run(
         model,
         vocabulary,
         jit_compile=jit_compile,
+        prefix_phases=prefix_phases,
         max_source_length=max_source_length + 1,
     )
     start = time.perf_counter()
