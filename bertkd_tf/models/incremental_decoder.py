@@ -339,27 +339,18 @@ class IncrementalDecoder:
 
         slots = tf.range(prefix_length or buffer_length)
         self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
+        # The last argument: where each slot is read (tracked origins), or
+        # how many slots are read (gathered caches).
+        if by_origin:
+            attend, reads = self._self_attention_by_origin, cache_slots
+        else:
+            attend, reads = self._self_attention, prefix_length
         new_state = []
         for layer, params, cache in zip(self.layers, context["layers"], caches):
             norm = layer._self_attention_layer_norm
-            if by_origin:
-                out, cache = self._self_attention_by_origin(
-                    self._pre_norm(norm, x),
-                    params,
-                    cache,
-                    index,
-                    self_bias,
-                    cache_slots,
-                )
-            else:
-                out, cache = self._self_attention(
-                    self._pre_norm(norm, x),
-                    params,
-                    cache,
-                    index,
-                    self_bias,
-                    prefix_length,
-                )
+            out, cache = attend(
+                self._pre_norm(norm, x), params, cache, index, self_bias, reads
+            )
             new_state.append(cache)
             x = self._post_norm(norm, x + out)
             norm = layer._cross_attention_layer_norm
