@@ -184,6 +184,14 @@ def _validate_prefix_lengths(prefix_lengths, max_length):
         )
 
 
+def call_next_fn(next_fn, token_ids, index, state, prefix_length):
+    """`next_fn(token_ids, index, state)`, with `prefix_length=` when the
+    loop runs in phases (see the module docstring)."""
+    if prefix_length is None:
+        return next_fn(token_ids, index, state)
+    return next_fn(token_ids, index, state, prefix_length=prefix_length)
+
+
 def phased_while_loop(cond, body, loop_vars, max_length, prefix_lengths):
     """`tf.while_loop(cond, body)` over at most `max_length` steps, run in
     phases that end at `prefix_lengths` (see the module docstring).
@@ -448,12 +456,9 @@ def beam_search(
         finished_flags,
     ):
         flat_ids = tf.reshape(alive_seq, [batch_size * k, buffer_length])
-        if prefix_length is None:
-            logits, new_state = next_fn(flat_ids, index, alive_state)
-        else:
-            logits, new_state = next_fn(
-                flat_ids, index, alive_state, prefix_length=prefix_length
-            )
+        logits, new_state = call_next_fn(
+            next_fn, flat_ids, index, alive_state, prefix_length
+        )
         # 2k candidates per example from the k * vocabulary extensions:
         # log probabilities, the beam each extends and the token.
         top_log_probs, source_beam, tokens = beam_candidates(

@@ -5,6 +5,7 @@ import tensorflow as tf
 from bertkd_tf.decoding.beam_search import (
     _validate_prefix_lengths,
     _write_column,
+    call_next_fn,
     keep_shapes,
     phased_while_loop,
 )
@@ -78,12 +79,9 @@ def greedy_search(
         return tf.logical_not(tf.reduce_all(finished))
 
     def body(prefix_length, index, sequences, scores, finished, state):
-        if prefix_length is None:
-            logits, state = next_fn(sequences, index, state)
-        else:
-            logits, state = next_fn(
-                sequences, index, state, prefix_length=prefix_length
-            )
+        logits, state = call_next_fn(
+            next_fn, sequences, index, state, prefix_length
+        )
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)

@@ -310,26 +310,35 @@ class IncrementalDecoder:
         dtype = self.compute_dtype
         by_origin = isinstance(state, dict)
         if by_origin:
-            origins = state["origins"]
+            origins, caches = state["origins"], state["caches"]
             buffer_length = origins.shape[1] or tf.shape(origins)[1]
+        else:
+            caches = state
+            buffer_length = state[0][0].shape[2] or tf.shape(state[0][0])[2]
+        # Slots attention reads: all, or the phase's prefix.
+        visible = prefix_length or buffer_length
+        slots = tf.range(visible)
+        self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
+        # The last argument of the self-attention: where each slot is read
+        # (tracked origins), or how many slots are read (gathered caches).
+        if by_origin:
             rows = tf.shape(origins)[0]
-            slots = tf.range(buffer_length)
             # This position's slot is the row's own; earlier ones are where
             # the search's reordering left them.
             own_beam = tf.range(rows) % group_size
             origins = tf.where(
-                slots[None, :] == index, own_beam[:, None], origins
+                tf.range(buffer_length)[None, :] == index,
+                own_beam[:, None],
+                origins,
             )
             # Row of the flattened [rows * length] cache for each slot.
             source_rows = tf.range(rows) - own_beam
-            visible = prefix_length or buffer_length
             cache_slots = (
                 source_rows[:, None] + origins[:, :visible]
-            ) * buffer_length + slots[None, :visible]
-            caches = state["caches"]
+            ) * buffer_length + slots[None, :]
+            attend, reads = self._self_attention_by_origin, cache_slots
         else:
-            buffer_length = state[0][0].shape[2] or tf.shape(state[0][0])[2]
-            caches = state
+            attend, reads = self._self_attention, prefix_length
         if positions is None:
             positions = self.position_table(buffer_length)
         embeddings = context["embeddings"]
@@ -337,14 +346,6 @@ class IncrementalDecoder:
         x = x * tf.cast(self.backbone.embedding_scale, dtype)
         x = x + tf.cast(tf.gather(positions, index), dtype)[None, :]
 
-        slots = tf.range(prefix_length or buffer_length)
-        self_bias = tf.where(slots <= index, 0.0, _MASKED)  # [length]
-        # The last argument: where each slot is read (tracked origins), or
-        # how many slots are read (gathered caches).
-        if by_origin:
-            attend, reads = self._self_attention_by_origin, cache_slots
-        else:
-            attend, reads = self._self_attention, prefix_length
         new_state = []
         for layer, params, cache in zip(self.layers, context["layers"], caches):
             norm = layer._self_attention_layer_norm
