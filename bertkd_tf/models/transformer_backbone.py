@@ -6,6 +6,8 @@ import keras
 import keras_hub
 from keras import ops
 
+from bertkd_tf.models.matmul_projections import use_matmul_projections
+
 
 @keras.saving.register_keras_serializable(package="bertkd_tf")
 class TransformerSeq2SeqBackbone(keras.Model):
@@ -191,6 +193,8 @@ class TransformerSeq2SeqBackbone(keras.Model):
         if self.decoder_layer_norm is not None:
             x = self.decoder_layer_norm(x)
         super().__init__(inputs=inputs, outputs=x, dtype=dtype, **kwargs)
+        # Attention projections as 2-D matmuls (TensorFlow; see the module).
+        use_matmul_projections(self)
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
