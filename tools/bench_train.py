@@ -14,6 +14,16 @@ Model FLOPs are counted analytically (2 FLOPs a multiply-add, training =
 3x forward): attention and feedforward projections, attention scores, the
 tied output layer.
 
+This VM's speed drifts by +-15% within minutes, so `--rounds=N` runs the
+whole list of settings N times, round-robin, and prints each setting's
+median step (and the range) after the last round: settings are compared
+on the same stretch of time. `--compare_unfused` adds rows with
+`DistillationModel(fuse_output_layer=False)` (the output layer and the
+losses as separate ops, as before the fused output layer). The allocator
+matters for the large `[tokens, vocabulary]` tensors: the header says
+whether a tcmalloc is preloaded (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`,
+Debian's `libtcmalloc-minimal4`, as the reference PyTorch figures used).
+
 With `--profile_dir=DIR`, each setting is also traced for a few steps with
 the TensorFlow profiler (the trace stays in DIR for TensorBoard) and a table
 of where the busy time goes, by op type, is printed under its row:
@@ -69,6 +79,14 @@ PROFILE_DIR = flags.DEFINE_string(
 )
 PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 4, "Steps traced.")
 PROFILE_ROWS = flags.DEFINE_integer("profile_rows", 12, "Op types shown.")
+ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "Round-robin repeats of all settings (median reported)."
+)
+COMPARE_UNFUSED = flags.DEFINE_bool(
+    "compare_unfused",
+    False,
+    "Also time DistillationModel(fuse_output_layer=False).",
+)
 
 
 def matmul_ceiling(dtype, n=2048, repeats=10):
@@ -145,7 +163,7 @@ class _Timer(keras.callbacks.Callback):
         self.times.append(time.perf_counter())
 
 
-def measure(distill, dtype, jit_compile, data):
+def measure(distill, dtype, jit_compile, data, fused=True, profile=True):
     keras.utils.set_random_seed(0)
     backbone = TransformerSeq2SeqBackbone(
         vocabulary_size=VOCABULARY_SIZE.value,
@@ -160,6 +178,7 @@ def measure(distill, dtype, jit_compile, data):
         TransformerSeq2Seq(backbone),
         distillation_weight=0.5 if distill else 0.0,
         temperature=10.0,
+        fuse_output_layer=fused,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(1e-4, beta_2=0.98),
@@ -178,18 +197,18 @@ def measure(distill, dtype, jit_compile, data):
     )
     times = timer.times[WARMUP.value - 1 :]
     step = (times[-1] - times[0]) / (len(times) - 1)
-    profile = None
-    if PROFILE_DIR.value:
+    shares = None
+    if profile and PROFILE_DIR.value:
         logdir = os.path.join(
             PROFILE_DIR.value,
             f"{'distill' if distill else 'baseline'}-{dtype}-"
-            f"xla{int(bool(jit_compile))}",
+            f"xla{int(bool(jit_compile))}{'' if fused else '-unfused'}",
         )
         tf.profiler.experimental.start(logdir)
         model.fit(dataset, steps_per_epoch=PROFILE_STEPS.value, verbose=0)
         tf.profiler.experimental.stop()
-        profile = op_type_shares(logdir)
-    return step, profile
+        shares = op_type_shares(logdir)
+    return step, shares
 
 
 def op_type_shares(logdir):
@@ -249,7 +268,8 @@ def main(argv):
         f"{NUM_HEADS.value} heads, FFN {f}, vocabulary "
         f"{VOCABULARY_SIZE.value}; batch {batch} x {length} = {tokens} "
         f"target tokens; {flops / 1e12:.3f} TFLOP a step; "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs; LD_PRELOAD="
+        f"{os.environ.get('LD_PRELOAD', '')!r}"
     )
     print(
         "matmul ceiling (TF, 2048^3): float32 "
@@ -257,28 +277,60 @@ def main(argv):
         f"{ceilings['bf16'] / 1e12:.2f} TFLOP/s"
     )
     data = make_batch(VOCABULARY_SIZE.value, batch, length, TOP_K.value)
-    header = (
-        f"| {'setting':<26} | step s | tokens/s | TFLOP/s | MFU (own ceiling) |"
-    )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    settings = []
     for mode in ("baseline", "distill"):
         for precision in ("float32", "bf16"):
             for xla in (False, True):
                 name = f"{mode}/{precision}/xla-{'on' if xla else 'off'}"
                 if ONLY.value and name not in ONLY.value:
                     continue
-                dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
-                step, profile = measure(mode == "distill", dtype, xla, data)
-                rate = flops / step
-                print(
-                    f"| {name:<26} | {step:6.3f} | {tokens / step:8.0f} | "
-                    f"{rate / 1e12:7.3f} | "
-                    f"{100 * rate / ceilings[precision]:16.1f}% |",
-                    flush=True,
-                )
-                if profile:
-                    print_profile(profile, PROFILE_ROWS.value)
+                fusions = [True, False] if COMPARE_UNFUSED.value else [True]
+                for fused in fusions:
+                    label = name if fused else name + "/unfused"
+                    settings.append((label, mode, precision, xla, fused))
+    header = (
+        f"| {'setting':<34} | step s | tokens/s | TFLOP/s | MFU (own ceiling) |"
+    )
+    separator = (
+        "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
+    )
+
+    def row(label, step, precision, spread=""):
+        rate = flops / step
+        return (
+            f"| {label:<34} | {step:6.3f} | {tokens / step:8.0f} | "
+            f"{rate / 1e12:7.3f} | "
+            f"{100 * rate / ceilings[precision]:16.1f}% |{spread}"
+        )
+
+    steps = collections.defaultdict(list)
+    for round_index in range(ROUNDS.value):
+        if ROUNDS.value > 1:
+            print(f"round {round_index + 1} of {ROUNDS.value}", flush=True)
+        print(header)
+        print(separator)
+        for label, mode, precision, xla, fused in settings:
+            dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
+            step, profile = measure(
+                mode == "distill",
+                dtype,
+                xla,
+                data,
+                fused=fused,
+                profile=round_index == 0,
+            )
+            steps[label].append(step)
+            print(row(label, step, precision), flush=True)
+            if profile:
+                print_profile(profile, PROFILE_ROWS.value)
+    if ROUNDS.value > 1:
+        print(f"median of {ROUNDS.value} rounds (range of tokens/s):")
+        print(header)
+        print(separator)
+        for label, _, precision, _, _ in settings:
+            values = steps[label]
+            spread = f" {tokens / max(values):,.0f}-{tokens / min(values):,.0f}"
+            print(row(label, float(np.median(values)), precision, spread))
 
 
 if __name__ == "__main__":

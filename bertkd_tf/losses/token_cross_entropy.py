@@ -4,6 +4,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from bertkd_tf.losses.tied_output_cross_entropy import SparseTarget
+
 
 def sparse_target_cross_entropy(logits, ids, weights, uniform_weight=0.0):
     """Per-token cross-entropy to a sparse target distribution, fused.
@@ -113,14 +115,22 @@ class TokenCrossEntropy(keras.losses.Loss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.label_smoothing = label_smoothing
 
-    def call(self, y_true, y_pred):
+    def sparse_target(self, y_true):
+        """The label-smoothed target of labels `[...]` as a `SparseTarget`
+        (`[..., 1]`: the label at `1 - eps`, `eps` spread uniformly)."""
         labels = ops.expand_dims(ops.cast(y_true, "int32"), -1)
         eps = self.label_smoothing
+        return SparseTarget(
+            labels, ops.full(ops.shape(labels), 1.0 - eps, "float32"), eps
+        )
+
+    def call(self, y_true, y_pred):
+        target = self.sparse_target(y_true)
         return sparse_target_cross_entropy(
             y_pred,
-            labels,
-            ops.full(ops.shape(labels), 1.0 - eps, "float32"),
-            uniform_weight=eps,
+            target.ids,
+            target.weights,
+            uniform_weight=target.uniform_weight,
         )
 
     def get_config(self):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from bertkd_tf.losses.tied_output_cross_entropy import SparseTarget
 from bertkd_tf.losses.token_cross_entropy import (
     sparse_target_cross_entropy,
 )
@@ -72,7 +73,7 @@ class TopKDistillationLoss(keras.losses.Loss):
         self.temperature = float(temperature)
         self.form = form
 
-    def call(self, y_true, y_pred):
+    def _check_targets(self, y_true):
         if not isinstance(y_true, dict) or not {
             "teacher_ids",
             "teacher_logits",
@@ -82,13 +83,35 @@ class TopKDistillationLoss(keras.losses.Loss):
                 "'teacher_ids' and 'teacher_logits'. Received: "
                 f"{y_true if not isinstance(y_true, dict) else sorted(y_true)}"
             )
-        logits = ops.cast(y_pred, "float32")
-        teacher_ids = ops.cast(y_true["teacher_ids"], "int32")
+
+    def _teacher_probabilities(self, y_true):
         teacher_logits = ops.cast(y_true["teacher_logits"], "float32")
         # Teacher targets are data: never differentiate through them.
-        q = ops.stop_gradient(
+        return ops.stop_gradient(
             ops.softmax(teacher_logits / self.temperature, axis=-1)
         )
+
+    def sparse_target(self, y_true):
+        """The teacher's target as a `SparseTarget` (`form="paper"` only:
+        the Hinton form tempers the student's logits, which a softmax shared
+        with other loss terms cannot)."""
+        self._check_targets(y_true)
+        if self.form != "paper":
+            raise ValueError(
+                "sparse_target needs form='paper' (the Hinton form tempers "
+                f"the student). Received: form={self.form!r}"
+            )
+        return SparseTarget(
+            ops.cast(y_true["teacher_ids"], "int32"),
+            self._teacher_probabilities(y_true),
+            0.0,
+        )
+
+    def call(self, y_true, y_pred):
+        self._check_targets(y_true)
+        logits = ops.cast(y_pred, "float32")
+        teacher_ids = ops.cast(y_true["teacher_ids"], "int32")
+        q = self._teacher_probabilities(y_true)
         if self.form == "hinton":
             logits = logits / self.temperature
         loss = sparse_target_cross_entropy(logits, teacher_ids, q)

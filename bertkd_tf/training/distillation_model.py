@@ -1,14 +1,39 @@
 """Student training with label-smoothed cross-entropy plus teacher KD."""
 
+import threading
+
 import keras
 import tensorflow as tf
 from keras import ops
 
+from bertkd_tf.losses.tied_output_cross_entropy import (
+    tied_output_cross_entropies,
+)
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
+from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 TEACHER_INPUTS = "teacher_inputs"
+
+
+def _in_xla_context():
+    """Whether the graph being traced is compiled by XLA (static shapes)."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TF internals moved
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
+class _Precomputed(keras.losses.Loss):
+    """Reduces per-token loss values exactly as a Keras loss reduces its
+    own (sample weights, `reduction`, scaling per replica)."""
+
+    def call(self, y_true, y_pred):
+        return y_pred
 
 
 @keras.saving.register_keras_serializable(package="bertkd_tf")
@@ -39,6 +64,23 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     Calling the model returns the student logits (`x["teacher_inputs"]` is
     ignored).
 
+    Fused output layer (`fuse_output_layer=True`, the default): when the
+    student is a `TransformerSeq2Seq` (tied output layer) and the KD term
+    has the paper's form, `compute_loss` computes the output layer and both
+    loss terms from the decoder's final states in one function
+    (`tied_output_cross_entropies`: one softmax shared by the two terms, no
+    element-wise passes over the `[tokens, vocabulary]` logits in the
+    backward pass) and only at tokens with a non-zero sample weight (no
+    logits for padding; under XLA every position, for static shapes). It
+    applies when the `y_pred` passed to `compute_loss` is the output of
+    this model's own `call`, as in `fit` and `evaluate`; the logits that
+    `call` returns are then unused by the loss and TensorFlow prunes them
+    unless compiled metrics read them. The losses are the same functions:
+    equal to rounding in float32; under mixed_bfloat16 the shared softmax
+    is rounded to bfloat16 (see `tied_output_cross_entropies`). Other
+    students, the Hinton form and `fuse_output_layer=False` compute the
+    losses on the logits.
+
     Args:
         student: a `keras.Model` mapping the student features to logits
             `[B, T, V]` (a `TransformerSeq2Seq`).
@@ -51,6 +93,8 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
         teacher: optional frozen teacher model for online distillation.
         top_k: int, the number of teacher logits kept online (offline the
             dump decides).
+        fuse_output_layer: bool, compute the student's tied output layer
+            inside the loss when possible (above).
 
     Example:
     ```python
@@ -73,6 +117,7 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
         distillation_form="paper",
         teacher=None,
         top_k=8,
+        fuse_output_layer=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,6 +149,10 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
         self.label_smoothing = label_smoothing
         self.distillation_form = distillation_form
         self.top_k = top_k
+        self.fuse_output_layer = bool(fuse_output_layer)
+        # The last (logits, final decoder states) of `call`, per thread
+        # (MirroredStrategy traces its replicas in threads); not tracked.
+        object.__setattr__(self, "_last_call", threading.local())
         self.cross_entropy = TokenCrossEntropy(label_smoothing=label_smoothing)
         self.distillation_loss = TopKDistillationLoss(
             temperature=temperature, form=distillation_form
@@ -115,10 +164,45 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     def uses_distillation(self):
         return self.distillation_weight > 0.0
 
+    @property
+    def output_layer_fusable(self):
+        """Whether `compute_loss` can fuse the student's output layer (see
+        the class doc): a `TransformerSeq2Seq` with a plain tied output."""
+        if not self.fuse_output_layer or not isinstance(
+            self.student, TransformerSeq2Seq
+        ):
+            return False
+        embedding = self.student.backbone.token_embedding
+        return (
+            embedding.tie_weights
+            and embedding.reverse_dtype is None
+            and embedding.logit_soft_cap is None
+            and embedding.quantization_mode is None
+        )
+
     def call(self, inputs, training=None):
         if isinstance(inputs, dict) and TEACHER_INPUTS in inputs:
             inputs = {k: v for k, v in inputs.items() if k != TEACHER_INPUTS}
-        return self.student(inputs, training=training)
+        if not self.output_layer_fusable:
+            return self.student(inputs, training=training)
+        # The student's own function, with its final states kept for
+        # `compute_loss`.
+        backbone = self.student.backbone
+        hidden = backbone(inputs, training=training)
+        logits = self.student.logits_cast(
+            backbone.token_embedding(hidden, reverse=True)
+        )
+        self._last_call.outputs = (logits, hidden)
+        return logits
+
+    def _hidden_for(self, y_pred):
+        """The final decoder states behind `y_pred` if it is the output of
+        this model's last `call` in this thread, else None."""
+        last = getattr(self._last_call, "outputs", None)
+        if last is None or last[0] is not y_pred:
+            return None
+        self._last_call.outputs = None
+        return last[1]
 
     def _teacher_targets(self, x, labels):
         """Online: the frozen teacher's top-K logits as `y` targets."""
@@ -141,15 +225,10 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         labels = y["labels"] if isinstance(y, dict) else y
-        xent = self.cross_entropy(labels, y_pred, sample_weight=sample_weight)
-        loss = xent
-        # Losses come back scaled by 1 / num_replicas (Keras does it per
-        # replica); the trackers get the unscaled values.
-        replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
-        self.xent_tracker.update_state(xent * replicas)
         # Validation without teacher targets reports the cross-entropy only
         # (comparable between baseline and student).
         has_targets = self.teacher is not None or isinstance(y, dict)
+        targets = None
         if self.uses_distillation and (training or has_targets):
             if self.teacher is not None:
                 targets = self._teacher_targets(x, labels)
@@ -162,9 +241,28 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
                     "'labels', 'teacher_ids', 'teacher_logits'. Received a "
                     f"{type(y).__name__}."
                 )
-            kd = self.distillation_loss(
-                targets, y_pred, sample_weight=sample_weight
+        hidden = self._hidden_for(y_pred)
+        if hidden is not None and (
+            targets is None or self.distillation_form == "paper"
+        ):
+            xent, kd = self._fused_losses(
+                hidden, labels, targets, sample_weight
             )
+        else:
+            xent = self.cross_entropy(
+                labels, y_pred, sample_weight=sample_weight
+            )
+            kd = None
+            if targets is not None:
+                kd = self.distillation_loss(
+                    targets, y_pred, sample_weight=sample_weight
+                )
+        loss = xent
+        # Losses come back scaled by 1 / num_replicas (Keras does it per
+        # replica); the trackers get the unscaled values.
+        replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
+        self.xent_tracker.update_state(xent * replicas)
+        if kd is not None:
             self.kd_tracker.update_state(kd * replicas)
             w = self.distillation_weight
             loss = (1.0 - w) * xent + w * kd
@@ -175,6 +273,50 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
                 )
             )
         return loss
+
+    def _fused_losses(self, hidden, labels, targets, sample_weight):
+        """(xent, kd or None) from the final decoder states `[B, T, d]`."""
+        sparse = [self.cross_entropy.sparse_target(labels)]
+        if targets is not None:
+            sparse.append(self.distillation_loss.sparse_target(targets))
+        depth = ops.shape(hidden)[-1]
+        hidden = ops.reshape(hidden, (-1, depth))
+        sparse = [
+            t._replace(
+                ids=ops.reshape(t.ids, (-1, ops.shape(t.ids)[-1])),
+                weights=ops.reshape(t.weights, (-1, ops.shape(t.weights)[-1])),
+            )
+            for t in sparse
+        ]
+        weights = None
+        if sample_weight is not None:
+            weights = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+            if not _in_xla_context():
+                # Only the tokens that count (dynamic shapes: not in XLA).
+                keep = tf.where(weights != 0.0)[:, 0]
+                hidden = tf.gather(hidden, keep)
+                weights = tf.gather(weights, keep)
+                sparse = [
+                    t._replace(
+                        ids=tf.gather(t.ids, keep),
+                        weights=tf.gather(t.weights, keep),
+                    )
+                    for t in sparse
+                ]
+        embeddings = ops.cast(
+            self.student.backbone.token_embedding.embeddings, hidden.dtype
+        )
+        per_token = tied_output_cross_entropies(hidden, embeddings, sparse)
+        losses = []
+        for i, loss_fn in enumerate(
+            [self.cross_entropy, self.distillation_loss][: len(sparse)]
+        ):
+            reduce = _Precomputed(
+                name=loss_fn.name, reduction=loss_fn.reduction, dtype="float32"
+            )
+            values = per_token[:, i]
+            losses.append(reduce(values, values, sample_weight=weights))
+        return losses[0], (losses[1] if len(losses) > 1 else None)
 
     @property
     def metrics(self):
@@ -198,6 +340,7 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
                     else keras.saving.serialize_keras_object(self.teacher)
                 ),
                 "top_k": self.top_k,
+                "fuse_output_layer": self.fuse_output_layer,
             }
         )
         return config

@@ -170,6 +170,7 @@ def test_serialization_round_trip(tmp_path):
         distillation_form="hinton",
         teacher=make_teacher(),
         top_k=5,
+        fuse_output_layer=False,
     )
     x, _, _ = make_data()
     x = dict(x, teacher_inputs=x["decoder_token_ids"])
@@ -181,6 +182,7 @@ def test_serialization_round_trip(tmp_path):
         "label_smoothing",
         "distillation_form",
         "top_k",
+        "fuse_output_layer",
     ):
         assert getattr(clone, key) == getattr(model, key)
     assert clone.teacher is not None and not clone.teacher.trainable
@@ -188,6 +190,102 @@ def test_serialization_round_trip(tmp_path):
     model.save(path)
     restored = keras.saving.load_model(path)
     np.testing.assert_allclose(restored(x), expected, rtol=1e-6)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts calls of the fused output layer (traces, in graph mode) and
+    records the number of tokens each call computed logits for."""
+    from bertkd_tf.training import distillation_model
+
+    calls = []
+    original = distillation_model.tied_output_cross_entropies
+
+    def spy(hidden, embeddings, targets):
+        calls.append(hidden.shape[0])
+        return original(hidden, embeddings, targets)
+
+    monkeypatch.setattr(distillation_model, "tied_output_cross_entropies", spy)
+    return calls
+
+
+def fit_history_and_weights(model, data, steps=3, **compile_kwargs):
+    # SGD: Adam would turn rounding-level gradient differences of weights
+    # with near-zero gradients into full-size steps.
+    model.compile(optimizer=keras.optimizers.SGD(0.5), **compile_kwargs)
+    history = model.fit(
+        tf.data.Dataset.from_tensors(data).repeat(),
+        steps_per_epoch=steps,
+        verbose=0,
+    ).history
+    return history, [w.numpy() for w in model.student.weights]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_fused_output_layer_trains_as_the_logits_path(fused_calls, weight):
+    x, y, weights = make_data()
+    runs = {}
+    for fuse in (False, True):
+        model = DistillationModel(
+            make_student(),
+            distillation_weight=weight,
+            temperature=2.0,
+            fuse_output_layer=fuse,
+        )
+        assert model.output_layer_fusable == fuse
+        runs[fuse] = fit_history_and_weights(model, (x, y, weights))
+        assert bool(fused_calls) == fuse
+    (plain, plain_weights), (fused, fused_weights) = runs[False], runs[True]
+    assert set(fused) == set(plain)
+    for key in plain:
+        np.testing.assert_allclose(fused[key], plain[key], rtol=1e-5)
+    for a, b in zip(fused_weights, plain_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_output_layer_computes_no_logits_for_padding(fused_calls):
+    x, y, weights = make_data()
+    model = DistillationModel(make_student(), distillation_weight=0.5)
+    model.compute_loss(x, y, model(x), weights)
+    assert fused_calls == [int(weights.sum())] and weights.sum() < B * T
+
+
+def test_fused_output_layer_under_xla_equals_graph_mode(fused_calls):
+    x, y, weights = make_data()
+    runs = [
+        fit_history_and_weights(
+            DistillationModel(make_student(), 0.5, temperature=2.0),
+            (x, y, weights),
+            jit_compile=jit_compile,
+        )
+        for jit_compile in (False, True)
+    ]
+    # Graph mode gathers the real tokens (a dynamic count); XLA keeps every
+    # position (static shapes), padding weighted 0.
+    assert set(fused_calls) == {None, B * T}
+    for key in runs[0][0]:
+        np.testing.assert_allclose(runs[1][0][key], runs[0][0][key], rtol=1e-5)
+    for a, b in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_logits_from_elsewhere_and_hinton_form_use_the_logits(fused_calls):
+    x, y, weights = make_data()
+    model = DistillationModel(make_student(), 0.3, temperature=2.0)
+    logits = model.student(x)  # Not this model's call: no decoder states.
+    xent = float(TokenCrossEntropy(0.1)(y["labels"], logits, weights))
+    kd = float(TopKDistillationLoss(2.0)(y, logits, weights))
+    loss = model.compute_loss(x, y, logits, weights)
+    assert float(loss) == pytest.approx(0.7 * xent + 0.3 * kd, rel=1e-6)
+    hinton = DistillationModel(
+        make_student(), 0.3, temperature=2.0, distillation_form="hinton"
+    )
+    logits = hinton(x)
+    xent = float(TokenCrossEntropy(0.1)(y["labels"], logits, weights))
+    kd = float(TopKDistillationLoss(2.0, form="hinton")(y, logits, weights))
+    loss = hinton.compute_loss(x, y, logits, weights)
+    assert float(loss) == pytest.approx(0.7 * xent + 0.3 * kd, rel=1e-6)
+    assert fused_calls == []
 
 
 def test_bad_arguments_raise():
@@ -224,13 +322,19 @@ REPLICA_SCRIPT = textwrap.dedent(
         weights = [v.numpy() for v in model.student.weights]
         return hist, weights
 
+    fused = []
+    original = DistillationModel._fused_losses
+    def spy(self, *args):
+        fused.append(1)
+        return original(self, *args)
+    DistillationModel._fused_losses = spy
     one = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
     two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     diff = max(float(np.abs(a - b).max()) for a, b in zip(one[1], two[1]))
     init = [v.numpy() for v in make_student().weights]
     moved = max(float(np.abs(a - b).max()) for a, b in zip(one[1], init))
     print(json.dumps({"one": one[0], "two": two[0], "max_weight_diff": diff,
-                      "moved": moved}))
+                      "moved": moved, "fused_traces": len(fused)}))
     """
 )
 
@@ -256,6 +360,8 @@ def test_one_and_two_replicas_agree():
         assert result["two"][key] == pytest.approx(result["one"][key], 1e-5)
     assert result["moved"] > 1e-2
     assert result["max_weight_diff"] < 1e-5
+    # The fused output layer ran (once per trace: 1 + 2 replicas).
+    assert result["fused_traces"] >= 3
 
 
 WORKER_SCRIPT = textwrap.dedent(
