@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 
 from bertkd_tf.data.bert_word_piece_tokenizer import resolve_bert_directory
-from bertkd_tf.models.matmul_projections import use_matmul_projections
+from bertkd_tf.models.fast_layers import use_fast_layers
 from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 HEAD_LAYER_NAMES = (
@@ -148,8 +148,8 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
         x = self.mlm_transform_layer_norm(x)
         logits = self.logits_cast(self.mlm_output_dense(x))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
-        # BERT's attention projections as 2-D matmuls (see the module).
-        use_matmul_projections(self)
+        # BERT's attention projections and dropout, faster (fast_layers).
+        use_fast_layers(self)
 
         # === Config ===
         self.bert_ids = [int(i) for i in bert_ids]

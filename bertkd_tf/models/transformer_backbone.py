@@ -6,7 +6,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from bertkd_tf.models.matmul_projections import use_matmul_projections
+from bertkd_tf.models.fast_layers import use_fast_layers
 
 
 @keras.saving.register_keras_serializable(package="bertkd_tf")
@@ -193,8 +193,8 @@ class TransformerSeq2SeqBackbone(keras.Model):
         if self.decoder_layer_norm is not None:
             x = self.decoder_layer_norm(x)
         super().__init__(inputs=inputs, outputs=x, dtype=dtype, **kwargs)
-        # Attention projections as 2-D matmuls (TensorFlow; see the module).
-        use_matmul_projections(self)
+        # Faster TensorFlow attention projections and dropout (fast_layers).
+        use_fast_layers(self)
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
