@@ -10,6 +10,8 @@ batches of mixed lengths and sizes.
 Example:
   .venv/bin/python tools/bench_decode.py                  # full table
   .venv/bin/python tools/bench_decode.py --batch_sizes 32 --skip_no_xla
+  .venv/bin/python tools/bench_decode.py --batch_sizes 8 32 \
+      --search_shards 1 2 --rounds 5        # sharded search vs one search
 """
 
 import argparse
@@ -79,6 +81,11 @@ def main():
     )
     parser.add_argument("--min_seconds", type=float, default=2.0)
     parser.add_argument("--skip_no_xla", action="store_true")
+    parser.add_argument(
+        "--skip_xla_in_comparison",
+        action="store_true",
+        help="With several --search_shards: compare graph-mode searches.",
+    )
     parser.add_argument("--skip_no_cache", action="store_true")
     parser.add_argument("--mixed_batches", type=int, default=24)
     parser.add_argument(
@@ -87,7 +94,23 @@ def main():
         help="XLA beam search in phases attending over a growing prefix "
         "of the cache (Generator(prefix_phases=True)).",
     )
+    parser.add_argument(
+        "--search_shards",
+        default=["auto"],
+        nargs="+",
+        help="Generator(search_shards=...): 'auto' or powers of two; "
+        "several values are timed round-robin (--rounds) for comparison.",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="With several --search_shards: round-robin repeats, medians.",
+    )
     args = parser.parse_args()
+    args.search_shards = [
+        v if v == "auto" else int(v) for v in args.search_shards
+    ]
 
     model = build_model(args)
     common = dict(
@@ -103,11 +126,22 @@ def main():
         f"length penalty {args.length_penalty}; {tf.__version__}, "
         f"{os.cpu_count()} CPUs; prefix phases {args.prefix_phases}"
     )
+    if len(args.search_shards) > 1:
+        compare_shards(model, args, common)
+        return
     print()
-    print("| search | batch | XLA | cache | sentences/s | target tokens/s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| search | batch | XLA | cache | shards | sentences/s "
+        "| target tokens/s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     generators = {
-        jit: Generator(model, jit_compile=jit, prefix_phases=args.prefix_phases)
+        jit: Generator(
+            model,
+            jit_compile=jit,
+            prefix_phases=args.prefix_phases,
+            search_shards=args.search_shards[0],
+        )
         for jit in ([True] if args.skip_no_xla else [True, False])
     }
     rows = []
@@ -126,9 +160,10 @@ def main():
                 )
                 name = "greedy" if beam == 1 else f"beam {beam}"
                 rows.append((name, batch_size, jit, True, rate))
+                shards = generator.shards_for(batch_size, beam)
                 print(
                     f"| {name} | {batch_size} | {'on' if jit else 'off'} | "
-                    f"yes | {rate:.1f} | {tokens:.0f} |",
+                    f"yes | {shards} | {rate:.1f} | {tokens:.0f} |",
                     flush=True,
                 )
     if not args.skip_no_cache:
@@ -142,8 +177,10 @@ def main():
             use_cache=False,
             **common,
         )
+        shards = generators[True].shards_for(batch_size, 5)
         print(
-            f"| beam 5 | {batch_size} | on | no | {rate:.1f} | {tokens:.0f} |"
+            f"| beam 5 | {batch_size} | on | no | {shards} | {rate:.1f} | "
+            f"{tokens:.0f} |"
         )
         cached = [
             r[4]
@@ -156,6 +193,50 @@ def main():
     # Compilations over a stream of mixed lengths and batch sizes.
     if args.mixed_batches:
         print_compilations(model, args, common)
+
+
+def compare_shards(model, args, common):
+    """Each (search, batch) timed with every --search_shards value, the
+    values round-robin for --rounds rounds (this VM drifts by +-15%):
+    median sentences/s and its range."""
+    generators = [
+        Generator(
+            model,
+            jit_compile=not args.skip_xla_in_comparison,
+            prefix_phases=args.prefix_phases,
+            search_shards=shards,
+        )
+        for shards in args.search_shards
+    ]
+    print()
+    print("| search | batch | XLA | shards | sentences/s (median) | range |")
+    print("|---|---|---|---|---|---|")
+    for beam in (5, 1):
+        name = "greedy" if beam == 1 else f"beam {beam}"
+        for batch_size in args.batch_sizes:
+            batch = sources(
+                batch_size, args.source_length, args.vocabulary_size
+            )
+            rates = [[] for _ in generators]
+            for _ in range(args.rounds):
+                for i, generator in enumerate(generators):
+                    rate, _ = measure(
+                        generator,
+                        batch,
+                        args.min_seconds,
+                        beam_size=beam,
+                        **common,
+                    )
+                    rates[i].append(rate)
+            for generator, values in zip(generators, rates):
+                print(
+                    f"| {name} | {batch_size} | "
+                    f"{'on' if generator.jit_compile else 'off'} | "
+                    f"{generator.shards_for(batch_size, beam)} | "
+                    f"{np.median(values):.1f} | "
+                    f"{min(values):.1f}-{max(values):.1f} |",
+                    flush=True,
+                )
 
 
 def print_compilations(model, args, common):

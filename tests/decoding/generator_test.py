@@ -6,7 +6,7 @@ import tensorflow as tf
 from bertkd_tf.data.bert_word_piece_tokenizer import BertWordPieceTokenizer
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.beam_search import beam_search
-from bertkd_tf.decoding.generator import Generator
+from bertkd_tf.decoding.generator import Generator, auto_search_shards
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 
@@ -254,3 +254,47 @@ def test_xla_prefix_phases_agree_with_eager(monkeypatch):
     assert xla_ids == ids
     assert max(len(row) for row in ids) > 4  # the later phases ran
     np.testing.assert_allclose(xla_scores, scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_sharded_search_equals_one_search(jit_compile, beam_size):
+    model = tiny_model(seed=5)
+    sources = SOURCES + [[20, 21], [22]]  # 5 examples: a padded batch of 8
+    kwargs = dict(beam_size=beam_size, max_length=6, return_scores=True)
+    one = Generator(model, jit_compile=jit_compile, search_shards=1)
+    four = Generator(model, jit_compile=jit_compile, search_shards=4)
+    ids, scores = one.generate(sources, **kwargs)
+    sharded_ids, sharded_scores = four.generate(sources, **kwargs)
+    assert four.shards_for(8, beam_size) == 4
+    assert sharded_ids == ids
+    np.testing.assert_allclose(sharded_scores, scores, atol=1e-5)
+    # The shards share one traced (and compiled) search.
+    assert four.compile_count == one.compile_count == 1
+    # More shards than examples: one example a shard.
+    assert four.shards_for(2, beam_size) == 2
+    assert four.generate(sources[:2], **kwargs)[0] == ids[:2]
+
+
+def test_auto_search_shards(monkeypatch):
+    # Two cores: beam 5 shards from batch 4 on, greedy from batch 32 on.
+    assert auto_search_shards(32, 5, threads=2) == 2
+    assert auto_search_shards(4, 5, threads=2) == 2
+    assert auto_search_shards(1, 5, threads=2) == 1
+    assert auto_search_shards(8, 1, threads=2) == 1
+    assert auto_search_shards(32, 1, threads=2) == 2
+    # Powers of two, at most one shard a thread.
+    assert auto_search_shards(64, 5, threads=3) == 2
+    assert auto_search_shards(64, 5, threads=16) == 16
+    assert auto_search_shards(8, 5, threads=16) == 4
+    # An accelerator runs one search at a time.
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda *args: [gpu])
+    assert auto_search_shards(64, 5, threads=16) == 1
+
+
+def test_search_shards_validation():
+    with pytest.raises(ValueError, match="search_shards=3"):
+        Generator(tiny_model(), search_shards=3)
+    with pytest.raises(ValueError, match="search_shards=0"):
+        Generator(tiny_model(), search_shards=0)
