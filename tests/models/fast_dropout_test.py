@@ -112,7 +112,7 @@ def test_use_fast_layers_switches_the_student():
     assert len(dropouts) == 10
     assert all(type(layer) is FastDropout for layer in dropouts)
     # Switching again finds nothing left to switch.
-    assert use_fast_layers(model) == {"MatMulEinsumDense": 0, "FastDropout": 0}
+    assert set(use_fast_layers(model).values()) == {0}
     assert all(
         type(layer) is MatMulEinsumDense
         for layer in model._flatten_layers()
