@@ -217,6 +217,7 @@ def run(
     tpu_address=None,
     mixed_precision=False,
     jit_compile=False,
+    fuse_output_layer=True,
     seed=0,
     verbose="auto",
 ):
@@ -259,6 +260,8 @@ def run(
         tpu_address: TPU name/address for `strategy="tpu"`.
         mixed_precision: train in `mixed_bfloat16`.
         jit_compile: compile the train step with XLA.
+        fuse_output_layer: compute the student's tied output layer inside
+            the loss (`DistillationModel`; False: logits, then the losses).
         seed: seed of initialisation and data order.
         verbose: Keras progress bar setting.
     """
@@ -327,6 +330,7 @@ def run(
             label_smoothing=label_smoothing,
             distillation_form=distillation_form,
             top_k=top_k,
+            fuse_output_layer=fuse_output_layer,
         )
         compile_student_model(
             model,

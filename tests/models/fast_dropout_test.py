@@ -1,4 +1,4 @@
-"""Tests of FastDropout, dropout_multiplier and use_fast_layers."""
+"""Tests of FastDropout and dropout_multiplier."""
 
 import keras
 import numpy as np
@@ -6,10 +6,6 @@ import pytest
 import tensorflow as tf
 
 from bertkd_tf.models.fast_dropout import FastDropout, dropout_multiplier
-from bertkd_tf.models.fast_layers import use_fast_layers
-from bertkd_tf.models.matmul_projections import MatMulEinsumDense
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 
 SEED = tf.constant([3, 4], tf.int32)
 
@@ -89,32 +85,3 @@ def test_noise_shape_falls_back_to_keras():
     y = layer(np.ones((4, 16), "float32"), training=True).numpy()
     # One mask shared by the rows.
     assert all(np.array_equal(y[0], row) for row in y)
-
-
-def test_use_fast_layers_switches_the_student():
-    keras.utils.set_random_seed(0)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=30,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.1,
-    )
-    model = TransformerSeq2Seq(backbone)
-    dropouts = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.Dropout)
-    ]
-    # 2 embedding dropouts; encoder layer: attention probabilities and 2
-    # residual; decoder layer: 2 attention probabilities and 3 residual.
-    assert len(dropouts) == 10
-    assert all(type(layer) is FastDropout for layer in dropouts)
-    # Switching again finds nothing left to switch.
-    assert set(use_fast_layers(model).values()) == {0}
-    assert all(
-        type(layer) is MatMulEinsumDense
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.EinsumDense)
-    )

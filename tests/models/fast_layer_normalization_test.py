@@ -9,8 +9,6 @@ from bertkd_tf.models.fast_layer_normalization import (
     FastLayerNormalization,
     layer_normalization,
 )
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 
 
 def make_pair(dtype=None, seed=0, **kwargs):
@@ -95,23 +93,3 @@ def test_other_axes_fall_back_to_keras():
     x = np.random.default_rng(5).normal(size=(2, 4, 3)).astype("float32")
     expected = keras.layers.LayerNormalization(axis=1)(x)
     np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_student_uses_it():
-    model = TransformerSeq2Seq(
-        TransformerSeq2SeqBackbone(
-            vocabulary_size=30,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-        )
-    )
-    norms = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.LayerNormalization)
-    ]
-    # Encoder layer 2, decoder layer 3, final encoder and decoder norms.
-    assert len(norms) == 7
-    assert all(type(layer) is FastLayerNormalization for layer in norms)

@@ -11,8 +11,6 @@ from bertkd_tf.models.matmul_projections import (
     _trailing_contraction,
     use_matmul_projections,
 )
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 
 
 @pytest.mark.parametrize(
@@ -109,64 +107,3 @@ def test_attention_projections_are_2d_matmuls_in_training():
     # the unwatched input `x` is pruned).
     assert after.count("MatMul") >= before.count("MatMul") + 8
     assert after.count("Einsum") == before.count("Einsum")
-
-
-def test_backbone_and_teacher_use_it_and_serialize_unchanged(tmp_path):
-    keras.utils.set_random_seed(0)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=30,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
-    )
-    model = TransformerSeq2Seq(backbone=backbone)
-    dense = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.EinsumDense)
-    ]
-    # Encoder self-attention: 4; decoder self- and cross-attention: 8.
-    assert len(dense) == 12
-    assert all(type(layer) is MatMulEinsumDense for layer in dense)
-
-    inputs = {
-        "encoder_token_ids": np.array([[5, 6, 3]], "int32"),
-        "encoder_padding_mask": np.array([[1, 1, 1]], "int32"),
-        "decoder_token_ids": np.array([[2, 7, 8]], "int32"),
-        "decoder_padding_mask": np.array([[1, 1, 1]], "int32"),
-    }
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    restored = keras.models.load_model(path)
-    assert all(
-        type(layer) is MatMulEinsumDense
-        for layer in restored._flatten_layers()
-        if isinstance(layer, keras.layers.EinsumDense)
-    )
-    np.testing.assert_allclose(
-        restored(inputs), model(inputs), rtol=1e-6, atol=1e-6
-    )
-    # The weights keep keras' names, so checkpoints of either load.
-    assert [w.path for w in restored.weights] == [w.path for w in model.weights]
-
-
-def test_teacher_backbone_uses_it():
-    from bertkd_tf.models.cmlm_teacher import CMLMTeacher
-
-    teacher = CMLMTeacher.from_scratch(
-        bert_ids=np.arange(10),
-        vocabulary_size=40,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=16,
-    )
-    dense = [
-        layer
-        for layer in teacher._flatten_layers()
-        if isinstance(layer, keras.layers.EinsumDense)
-    ]
-    assert dense and all(type(layer) is MatMulEinsumDense for layer in dense)

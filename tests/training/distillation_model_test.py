@@ -75,11 +75,24 @@ def test_loss_is_weighted_sum_and_metrics_logged():
 
 def test_weight_zero_is_exactly_cross_entropy():
     x, y, weights = make_data()
-    model = DistillationModel(make_student(), distillation_weight=0.0)
+    # Unfused: the loss is TokenCrossEntropy itself, bit for bit.
+    model = DistillationModel(
+        make_student(), distillation_weight=0.0, fuse_output_layer=False
+    )
     logits = model(x)
     loss = model.compute_loss(x, y, logits, weights)
     xent = TokenCrossEntropy(0.1)(y["labels"], logits, weights)
     assert float(loss) == float(xent)  # Exactly, not approximately.
+    # Fused (the default): the loss is exactly the logged cross-entropy (no
+    # distillation term mixed in), equal to TokenCrossEntropy up to float32
+    # rounding of the fused softmax.
+    model = DistillationModel(make_student(), distillation_weight=0.0)
+    logits = model(x)
+    loss = model.compute_loss(x, y, logits, weights)
+    assert float(loss) == float(model.xent_tracker.result())
+    assert float(model.kd_tracker.count) == 0.0
+    xent = TokenCrossEntropy(0.1)(y["labels"], logits, weights)
+    assert float(loss) == pytest.approx(float(xent), rel=1e-6)
     # Labels alone are enough for the baseline; kd is not logged.
     model.compile(optimizer="sgd")
     history = model.fit(
