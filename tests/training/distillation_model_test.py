@@ -92,7 +92,7 @@ def test_weight_zero_is_exactly_cross_entropy():
     assert float(loss) == float(model.xent_tracker.result())
     assert float(model.kd_tracker.count) == 0.0
     xent = TokenCrossEntropy(0.1)(y["labels"], logits, weights)
-    assert float(loss) == pytest.approx(float(xent), rel=1e-6)
+    assert float(loss) == pytest.approx(float(xent), rel=1e-5)
     # Labels alone are enough for the baseline; kd is not logged.
     model.compile(optimizer="sgd")
     history = model.fit(
