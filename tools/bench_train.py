@@ -19,7 +19,9 @@ whole list of settings N times, round-robin, and prints each setting's
 median step (and the range) after the last round: settings are compared
 on the same stretch of time. `--compare_unfused` adds rows with
 `DistillationModel(fuse_output_layer=False)` (the output layer and the
-losses as separate ops, as before the fused output layer). The allocator
+losses as separate ops, as before the fused output layer);
+`--compare_keras_adam` adds rows with `keras.optimizers.Adam` in place of
+`FusedAdam` (one `ResourceApplyAdam` kernel per variable). The allocator
 matters for the large `[tokens, vocabulary]` tensors: the header says
 whether a tcmalloc is preloaded (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`,
 Debian's `libtcmalloc-minimal4`, as the reference PyTorch figures used).
@@ -56,6 +58,7 @@ from bertkd_tf.models.transformer_seq2seq import (  # noqa: E402
 from bertkd_tf.training.distillation_model import (  # noqa: E402
     DistillationModel,
 )
+from bertkd_tf.training.fused_adam import FusedAdam  # noqa: E402
 
 VOCABULARY_SIZE = flags.DEFINE_integer(
     "vocabulary_size", 16000, "Task vocabulary size (IWSLT14's, if known)."
@@ -86,6 +89,11 @@ COMPARE_UNFUSED = flags.DEFINE_bool(
     "compare_unfused",
     False,
     "Also time DistillationModel(fuse_output_layer=False).",
+)
+COMPARE_KERAS_ADAM = flags.DEFINE_bool(
+    "compare_keras_adam",
+    False,
+    "Also time keras.optimizers.Adam in place of FusedAdam.",
 )
 
 
@@ -163,7 +171,9 @@ class _Timer(keras.callbacks.Callback):
         self.times.append(time.perf_counter())
 
 
-def measure(distill, dtype, jit_compile, data, fused=True, profile=True):
+def measure(
+    distill, dtype, jit_compile, data, fused=True, fused_adam=True, profile=True
+):
     keras.utils.set_random_seed(0)
     backbone = TransformerSeq2SeqBackbone(
         vocabulary_size=VOCABULARY_SIZE.value,
@@ -181,7 +191,9 @@ def measure(distill, dtype, jit_compile, data, fused=True, profile=True):
         fuse_output_layer=fused,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-4, beta_2=0.98),
+        optimizer=(FusedAdam if fused_adam else keras.optimizers.Adam)(
+            1e-4, beta_2=0.98
+        ),
         jit_compile=jit_compile,
     )
     x, y, weights = data
@@ -202,13 +214,52 @@ def measure(distill, dtype, jit_compile, data, fused=True, profile=True):
         logdir = os.path.join(
             PROFILE_DIR.value,
             f"{'distill' if distill else 'baseline'}-{dtype}-"
-            f"xla{int(bool(jit_compile))}{'' if fused else '-unfused'}",
+            f"xla{int(bool(jit_compile))}{'' if fused else '-unfused'}"
+            f"{'' if fused_adam else '-keras-adam'}",
         )
         tf.profiler.experimental.start(logdir)
         model.fit(dataset, steps_per_epoch=PROFILE_STEPS.value, verbose=0)
         tf.profiler.experimental.stop()
         shares = op_type_shares(logdir)
     return step, shares
+
+
+def optimizer_update_ms(optimizer_class, repeats=20, rounds=3):
+    """Milliseconds of one `optimizer.apply` over the student's variables
+    (random gradients, in a tf.function): the update alone."""
+    keras.utils.set_random_seed(0)
+    student = TransformerSeq2Seq(
+        TransformerSeq2SeqBackbone(
+            vocabulary_size=VOCABULARY_SIZE.value,
+            num_layers=NUM_LAYERS.value,
+            num_heads=NUM_HEADS.value,
+            hidden_dim=HIDDEN_DIM.value,
+            intermediate_dim=INTERMEDIATE_DIM.value,
+        )
+    )
+    ones = np.ones((2, 8), "int32")
+    student(
+        {
+            "encoder_token_ids": ones,
+            "encoder_padding_mask": ones,
+            "decoder_token_ids": ones,
+            "decoder_padding_mask": ones,
+        }
+    )
+    variables = student.trainable_variables
+    grads = [tf.random.normal(v.shape) for v in variables]
+    optimizer = optimizer_class(1e-4, beta_2=0.98)
+    optimizer.build(variables)
+    apply = tf.function(lambda: optimizer.apply(grads, variables))
+    apply()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            apply()
+        times.append((time.perf_counter() - start) / repeats * 1e3)
+    size = sum(int(np.prod(v.shape)) for v in variables)
+    return float(np.median(times)), len(variables), size
 
 
 def op_type_shares(logdir):
@@ -284,10 +335,15 @@ def main(argv):
                 name = f"{mode}/{precision}/xla-{'on' if xla else 'off'}"
                 if ONLY.value and name not in ONLY.value:
                     continue
-                fusions = [True, False] if COMPARE_UNFUSED.value else [True]
-                for fused in fusions:
-                    label = name if fused else name + "/unfused"
-                    settings.append((label, mode, precision, xla, fused))
+                variants = [("", True, True)]
+                if COMPARE_UNFUSED.value:
+                    variants.append(("/unfused", False, True))
+                if COMPARE_KERAS_ADAM.value:
+                    variants.append(("/keras-adam", True, False))
+                for suffix, fused, fused_adam in variants:
+                    settings.append(
+                        (name + suffix, mode, precision, xla, fused, fused_adam)
+                    )
     header = (
         f"| {'setting':<34} | step s | tokens/s | TFLOP/s | MFU (own ceiling) |"
     )
@@ -303,13 +359,22 @@ def main(argv):
             f"{100 * rate / ceilings[precision]:16.1f}% |{spread}"
         )
 
+    if COMPARE_KERAS_ADAM.value:
+        keras_ms, count, size = optimizer_update_ms(keras.optimizers.Adam)
+        fused_ms, _, _ = optimizer_update_ms(FusedAdam)
+        print(
+            f"optimizer update alone ({count} variables, {size:,} parameters,"
+            f" median of 3 x 20): keras Adam {keras_ms:.1f} ms, FusedAdam "
+            f"{fused_ms:.1f} ms",
+            flush=True,
+        )
     steps = collections.defaultdict(list)
     for round_index in range(ROUNDS.value):
         if ROUNDS.value > 1:
             print(f"round {round_index + 1} of {ROUNDS.value}", flush=True)
         print(header)
         print(separator)
-        for label, mode, precision, xla, fused in settings:
+        for label, mode, precision, xla, fused, fused_adam in settings:
             dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
             step, profile = measure(
                 mode == "distill",
@@ -317,6 +382,7 @@ def main(argv):
                 xla,
                 data,
                 fused=fused,
+                fused_adam=fused_adam,
                 profile=round_index == 0,
             )
             steps[label].append(step)
@@ -327,7 +393,7 @@ def main(argv):
         print(f"median of {ROUNDS.value} rounds (range of tokens/s):")
         print(header)
         print(separator)
-        for label, _, precision, _, _ in settings:
+        for label, _, precision, *_ in settings:
             values = steps[label]
             spread = f" {tokens / max(values):,.0f}-{tokens / min(values):,.0f}"
             print(row(label, float(np.median(values)), precision, spread))

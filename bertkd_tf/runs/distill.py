@@ -21,7 +21,7 @@ distilling, `baseline/` otherwise, unless `model_dir` is given):
   `final.weights.h5`. Load it with `load_student(WORK_DIR/student)`.
   `tools/average_checkpoints.py` writes an averaged weights file next to it.
 
-Optimisation (PAPER.md §4): Adam(0.9, 0.98, eps 1e-9), the noam schedule
+Optimisation (PAPER.md §4): Adam(0.9, 0.98, eps 1e-9) (`FusedAdam`), the noam schedule
 `learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`, token-budget
 batches (`tokens_per_batch` is the global budget of one batch; with
 `gradient_accumulation_steps = n` an update sees n batches),
@@ -49,6 +49,7 @@ from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.training import trainer
 from bertkd_tf.training.distillation_model import DistillationModel
+from bertkd_tf.training.fused_adam import FusedAdam
 from bertkd_tf.training.schedules import NoamSchedule
 from bertkd_tf.training.strategy import get_strategy
 
@@ -176,7 +177,7 @@ def compile_student_model(
     jit_compile=False,
 ):
     """Compiles a `DistillationModel` (call inside the strategy scope)."""
-    optimizer = keras.optimizers.Adam(
+    optimizer = FusedAdam(
         learning_rate=NoamSchedule(learning_rate, hidden_dim, warmup_steps),
         beta_1=adam_beta_1,
         beta_2=adam_beta_2,
