@@ -21,9 +21,9 @@ distilling, `baseline/` otherwise, unless `model_dir` is given):
   `final.weights.h5`. Load it with `load_student(WORK_DIR/student)`.
   `tools/average_checkpoints.py` writes an averaged weights file next to it.
 
-Optimisation (PAPER.md §4): Adam(0.9, 0.98, eps 1e-9) (`FusedAdam`), the noam schedule
-`learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`, token-budget
-batches (`tokens_per_batch` is the global budget of one batch; with
+Optimisation (PAPER.md §4): Adam(0.9, 0.98, eps 1e-9) (as `FusedAdam`), the
+noam schedule `learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`,
+token-budget batches (`tokens_per_batch` is the global budget of one batch; with
 `gradient_accumulation_steps = n` an update sees n batches),
 `mixed_precision` (`mixed_bfloat16`; logits and losses stay float32) and
 `jit_compile` (XLA) as options. Validation reports the label-smoothed
