@@ -171,21 +171,26 @@ class _Timer(keras.callbacks.Callback):
         self.times.append(time.perf_counter())
 
 
+def make_student(**backbone_kwargs):
+    """The benchmarked student (seed 0), from the size flags."""
+    keras.utils.set_random_seed(0)
+    return TransformerSeq2Seq(
+        TransformerSeq2SeqBackbone(
+            vocabulary_size=VOCABULARY_SIZE.value,
+            num_layers=NUM_LAYERS.value,
+            num_heads=NUM_HEADS.value,
+            hidden_dim=HIDDEN_DIM.value,
+            intermediate_dim=INTERMEDIATE_DIM.value,
+            **backbone_kwargs,
+        )
+    )
+
+
 def measure(
     distill, dtype, jit_compile, data, fused=True, fused_adam=True, profile=True
 ):
-    keras.utils.set_random_seed(0)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=VOCABULARY_SIZE.value,
-        num_layers=NUM_LAYERS.value,
-        num_heads=NUM_HEADS.value,
-        hidden_dim=HIDDEN_DIM.value,
-        intermediate_dim=INTERMEDIATE_DIM.value,
-        dropout=0.1,
-        dtype=dtype,
-    )
     model = DistillationModel(
-        TransformerSeq2Seq(backbone),
+        make_student(dropout=0.1, dtype=dtype),
         distillation_weight=0.5 if distill else 0.0,
         temperature=10.0,
         fuse_output_layer=fused,
@@ -227,16 +232,7 @@ def measure(
 def optimizer_update_ms(optimizer_class, repeats=20, rounds=3):
     """Milliseconds of one `optimizer.apply` over the student's variables
     (random gradients, in a tf.function): the update alone."""
-    keras.utils.set_random_seed(0)
-    student = TransformerSeq2Seq(
-        TransformerSeq2SeqBackbone(
-            vocabulary_size=VOCABULARY_SIZE.value,
-            num_layers=NUM_LAYERS.value,
-            num_heads=NUM_HEADS.value,
-            hidden_dim=HIDDEN_DIM.value,
-            intermediate_dim=INTERMEDIATE_DIM.value,
-        )
-    )
+    student = make_student()
     ones = np.ones((2, 8), "int32")
     student(
         {
