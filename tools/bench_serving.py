@@ -13,6 +13,7 @@ the decoding loop; the printed mean output length says how long.
 Usage:
   python tools/bench_serving.py                       # throwaway export
   python tools/bench_serving.py --export WORK_DIR/export --repeats 20
+  python tools/bench_serving.py --search_shards 1   # one search a request
 """
 
 import argparse
@@ -87,11 +88,12 @@ def build_throwaway_export(directory, args):
         length_penalty=0.6,
         max_length=args.max_length,
         max_length_margin=args.max_length_margin,
+        search_shards=args.search_shards,
     ).save(directory)
     print(
         f"throwaway export: vocabulary {vocabulary.size}, d256 3+3, beam "
         f"{args.beam_size}, max_length {args.max_length}, margin "
-        f"{args.max_length_margin}"
+        f"{args.max_length_margin}, search_shards {args.search_shards}"
     )
     return directory
 
@@ -138,6 +140,12 @@ def main():
     parser.add_argument("--max_length_margin", type=int, default=50)
     parser.add_argument("--vocabulary_size", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=0, help="0: TF default")
+    parser.add_argument(
+        "--search_shards",
+        type=lambda x: x if x == "auto" else int(x),
+        default="auto",
+        help="the throwaway export's search_shards: auto, 1, 2, 4, ...",
+    )
     args = parser.parse_args()
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -33,7 +33,11 @@ import tempfile
 
 import tensorflow as tf
 
-from bertkd_tf.decoding.generator import decode_student
+from bertkd_tf.decoding.generator import (
+    MIN_SHARD_ROWS,
+    auto_search_shards,
+    decode_student,
+)
 
 EXPORT_CONFIG_FILE = "bertkd_export.json"
 
@@ -59,6 +63,13 @@ class ServingModule(tf.Module):
         jit_compile: bool, compile the search with XLA. Off by default:
             TF Serving runs XLA-marked functions on CPU only with
             `--xla_cpu_compilation_enabled`, and shapes vary per request.
+        search_shards: `"auto"` or a power of two: the most concurrent
+            searches a request's batch is split into (as
+            `Generator(search_shards=...)`; results are the same). At run
+            time each shard keeps at least `MIN_SHARD_ROWS` hypotheses
+            (`ceil(MIN_SHARD_ROWS / beam_size)` examples), so small
+            requests use fewer shards. `"auto"`: `auto_search_shards` on
+            the exporting machine (its inter-op threads; 1 with a GPU).
 
     Example:
     ```python
@@ -81,6 +92,7 @@ class ServingModule(tf.Module):
         max_length_margin=50,
         max_source_length=None,
         jit_compile=False,
+        search_shards="auto",
     ):
         super().__init__(name="bertkd_serving")
         for method in (
@@ -129,6 +141,18 @@ class ServingModule(tf.Module):
                 "`max_length_margin` must be None or an int >= 0. Received: "
                 f"max_length_margin={max_length_margin!r}"
             )
+        if search_shards == "auto":
+            search_shards = auto_search_shards(1 << 20, beam_size)
+        if (
+            isinstance(search_shards, bool)
+            or not isinstance(search_shards, int)
+            or search_shards < 1
+            or search_shards & (search_shards - 1)
+        ):
+            raise ValueError(
+                "`search_shards` must be 'auto' or a power of two >= 1. "
+                f"Received: search_shards={search_shards!r}"
+            )
         if not isinstance(length_penalty, (int, float)):
             raise ValueError(
                 "`length_penalty` must be a float. Received: "
@@ -147,6 +171,7 @@ class ServingModule(tf.Module):
         self.max_length_margin = max_length_margin
         self.max_source_length = max_source_length
         self.jit_compile = jit_compile
+        self.search_shards = search_shards
         self.bos_id = vocabulary.bos_id
         self.eos_id = vocabulary.eos_id
         self.pad_id = vocabulary.pad_id
@@ -178,6 +203,7 @@ class ServingModule(tf.Module):
             "max_length_margin": self.max_length_margin,
             "max_source_length": self.max_source_length,
             "jit_compile": self.jit_compile,
+            "search_shards": self.search_shards,
             "vocabulary_size": self._vocabulary.size,
             "vocabulary_fingerprint": self._vocabulary.fingerprint,
             "bos_id": self.bos_id,
@@ -206,23 +232,17 @@ class ServingModule(tf.Module):
             pad_id=self.pad_id,
         )
 
-    def _decode(self, encoder_token_ids, encoder_padding_mask, empty):
-        """Searches the non-empty batch; empty rows get PAD and score 0.
+    def _sharded_search(self, encoder_token_ids, encoder_padding_mask):
+        """`_search` over up to `search_shards` slices of the batch.
 
-        Returns `(ids [batch, max_length] without EOS, padded with PAD,
-        mask [batch, max_length], scores [batch])`.
+        Slices of `ceil(batch / search_shards)` examples, at least
+        `ceil(MIN_SHARD_ROWS / beam_size)`; the searches of non-empty
+        slices are independent ops that the graph runs concurrently on its
+        inter-op threads (the CPU-sized student's search step leaves a
+        second core mostly idle). Each example's search is independent, so
+        the results equal one search over the batch.
         """
         batch_size = tf.shape(encoder_token_ids)[0]
-        # An all-padding row would attend to nothing: give it a lone EOS.
-        first = tf.range(tf.shape(encoder_token_ids)[1])[None, :] == 0
-        fill = empty[:, None] & first
-        encoder_token_ids = tf.where(fill, self.eos_id, encoder_token_ids)
-        encoder_padding_mask = tf.where(fill, 1, encoder_padding_mask)
-
-        def search():
-            return self._search_function(
-                encoder_token_ids, encoder_padding_mask
-            )
 
         def nothing():
             return (
@@ -230,7 +250,49 @@ class ServingModule(tf.Module):
                 tf.zeros([0], tf.float32),
             )
 
-        sequences, scores = tf.cond(batch_size > 0, search, nothing)
+        if self.search_shards == 1:
+            return tf.cond(
+                batch_size > 0,
+                lambda: self._search_function(
+                    encoder_token_ids, encoder_padding_mask
+                ),
+                nothing,
+            )
+        least = -(-MIN_SHARD_ROWS // self.beam_size)
+        size = tf.maximum(-(-batch_size // self.search_shards), least)
+        outputs = []
+        for shard in range(self.search_shards):
+            start = tf.minimum(shard * size, batch_size)
+            end = tf.minimum(start + size, batch_size)
+            ids = encoder_token_ids[start:end]
+            mask = encoder_padding_mask[start:end]
+            outputs.append(
+                tf.cond(
+                    end > start,
+                    # Bound now: the loop rebinds ids and mask.
+                    lambda ids=ids, mask=mask: self._search_function(ids, mask),
+                    nothing,
+                )
+            )
+        return tuple(
+            tf.concat([output[i] for output in outputs], axis=0)
+            for i in range(2)
+        )
+
+    def _decode(self, encoder_token_ids, encoder_padding_mask, empty):
+        """Searches the non-empty batch; empty rows get PAD and score 0.
+
+        Returns `(ids [batch, max_length] without EOS, padded with PAD,
+        mask [batch, max_length], scores [batch])`.
+        """
+        # An all-padding row would attend to nothing: give it a lone EOS.
+        first = tf.range(tf.shape(encoder_token_ids)[1])[None, :] == 0
+        fill = empty[:, None] & first
+        encoder_token_ids = tf.where(fill, self.eos_id, encoder_token_ids)
+        encoder_padding_mask = tf.where(fill, 1, encoder_padding_mask)
+        sequences, scores = self._sharded_search(
+            encoder_token_ids, encoder_padding_mask
+        )
         sequences = tf.ensure_shape(sequences, [None, self.max_length])
         # Keep what comes before the first EOS (as Generator's id output).
         is_eos = tf.cast(tf.equal(sequences, self.eos_id), tf.int32)

@@ -69,6 +69,7 @@ def run(
     max_length_margin=50,
     max_source_length=None,
     jit_compile=False,
+    search_shards="auto",
     dtype=None,
 ):
     """Exports the student; returns `{"output_dir", "version", "seconds"}`.
@@ -90,6 +91,8 @@ def run(
             backbone's `max_sequence_length - 1`.
         jit_compile: mark the search for XLA (TF Serving then needs
             `--xla_cpu_compilation_enabled` on CPU).
+        search_shards: `"auto"` or a power of two, the most concurrent
+            searches a request is split into (`ServingModule`).
         dtype: optional dtype policy for the exported model.
     """
     if version is not None and (
@@ -129,6 +132,7 @@ def run(
             None if max_source_length is None else max_source_length + 1
         ),
         jit_compile=jit_compile,
+        search_shards=search_shards,
     )
     os.makedirs(export_dir, exist_ok=True)
     temp_dir = tempfile.mkdtemp(dir=export_dir, prefix=".tmp-export-")

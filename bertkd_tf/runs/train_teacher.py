@@ -38,6 +38,7 @@ from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 from bertkd_tf.training import trainer
+from bertkd_tf.training.fused_adam import FusedAdam
 from bertkd_tf.training.schedules import LinearWarmupDecay
 from bertkd_tf.training.strategy import get_strategy
 
@@ -61,12 +62,13 @@ def compile_teacher(
 ):
     """Compiles `teacher` for C-MLM training (call inside strategy scope).
 
-    AdamW (no decay on biases and LayerNorm), linear warm-up then linear
+    AdamW as `FusedAdam(weight_decay=...)` (one update kernel a variable;
+    no decay on biases and LayerNorm), linear warm-up then linear
     decay to zero, gradients clipped to global norm `clipnorm` (as PyTorch's
     `clip_grad_norm_` in the reference); masked-token cross-entropy averaged
     over the real mask slots; weighted `accuracy` and `token_loss` metrics.
     """
-    optimizer = keras.optimizers.AdamW(
+    optimizer = FusedAdam(
         learning_rate=LinearWarmupDecay(
             peak_learning_rate, warmup_steps, total_steps
         ),

@@ -161,7 +161,9 @@ def exported(tmp_path_factory):
     vocabulary = tiny_vocabulary()
     model = tiny_student(vocabulary)
     path = str(tmp_path_factory.mktemp("export") / "1")
-    ServingModule(model, vocabulary, **SETTINGS).save(path)
+    # Two shards: the batch of 8 splits 4 + 4 (beam 3: at least 4 examples
+    # a shard), the batch of 4 takes one shard, the empty batch none.
+    ServingModule(model, vocabulary, search_shards=2, **SETTINGS).save(path)
     source_ids = vocabulary.tokenize(sentences()[:4]).to_list()
     width = max(len(row) for row in source_ids) + 1
     ids = np.zeros((len(source_ids) + 1, width), np.int32)
@@ -301,6 +303,7 @@ def test_assets_and_settings_are_exported(exported):
     with open(os.path.join(path, "assets.extra", "bertkd_export.json")) as f:
         config = json.load(f)
     assert config["beam_size"] == 3 and config["max_length"] == 10
+    assert config["search_shards"] == 2
     assert config["max_source_length"] == MAX_SOURCE_LENGTH
     assert config["vocabulary_fingerprint"] == vocabulary.fingerprint
 
@@ -323,6 +326,29 @@ def test_greedy_export_matches_generate_in_process():
     np.testing.assert_allclose(out["scores"].numpy(), scores, atol=1e-4)
 
 
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_sharded_search_equals_one_search(beam_size):
+    # Beam 3: shards of at least 4 examples; greedy: at least 10. Batch
+    # sizes around those bounds: one shard, uneven, even and 4 shards.
+    vocabulary = tiny_vocabulary()
+    model = tiny_student(vocabulary, seed=2)
+    settings = dict(beam_size=beam_size, max_length=8)
+    one = ServingModule(model, vocabulary, search_shards=1, **settings)
+    four = ServingModule(model, vocabulary, search_shards=4, **settings)
+    pool = sentences()[:6] + ["", "ein hund"] + sentences()[:6]
+    for size in (0, 1, 3, 5, 9, 11, 14) + ((20, 40) if beam_size == 1 else ()):
+        batch = tf.constant((pool * 3)[:size], tf.string)
+        want, got = one.serve_strings(batch), four.serve_strings(batch)
+        assert got["outputs"].numpy().tolist() == (
+            want["outputs"].numpy().tolist()
+        ), size
+        np.testing.assert_allclose(
+            got["scores"].numpy(), want["scores"].numpy(), atol=1e-5
+        )
+    assert one.get_config()["search_shards"] == 1
+    assert four.get_config()["search_shards"] == 4
+
+
 def test_save_refuses_a_non_empty_directory(tmp_path):
     vocabulary = tiny_vocabulary()
     module = ServingModule(tiny_student(vocabulary), vocabulary)
@@ -340,6 +366,8 @@ def test_save_refuses_a_non_empty_directory(tmp_path):
         (dict(max_length_margin=-1), "max_length_margin=-1"),
         (dict(max_source_length=1), "max_source_length=1"),
         (dict(length_penalty="x"), "length_penalty='x'"),
+        (dict(search_shards=3), "power of two >= 1. Received: search_shards=3"),
+        (dict(search_shards=0), "search_shards=0"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, message):

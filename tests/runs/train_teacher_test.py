@@ -16,6 +16,7 @@ from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 from bertkd_tf.runs import train_teacher
 from bertkd_tf.training import trainer
+from bertkd_tf.training.fused_adam import FusedAdam
 
 WORDS = "a dog cat runs sits the red ball ein hund katze läuft der rote".split()
 BERT_VOCABULARY = [
@@ -174,7 +175,7 @@ def test_optimizer_settings(setup):
         teacher, peak_learning_rate=5e-5, warmup_steps=5, total_steps=100
     )
     optimizer = teacher.optimizer
-    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert isinstance(optimizer, FusedAdam)
     assert optimizer.weight_decay == pytest.approx(0.01)
     assert optimizer.global_clipnorm == pytest.approx(1.0)
     decayed = {
