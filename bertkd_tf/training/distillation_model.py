@@ -46,7 +46,9 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     `fit`, `evaluate`, `tf.distribute`, mixed precision and `jit_compile`
     work as for any Keras model. Both terms are Keras losses reduced with
     `"mean_with_sample_weight"`: the mean over real target tokens, scaled
-    per replica by Keras. `xent`, `kd` and `loss` are logged as metrics.
+    per replica by Keras. `xent`, `kd` and `loss` are logged as metrics,
+    each a mean over batches weighted by the batch's rows (Keras' weighting
+    of `loss`), so the logged means keep `loss = (1 - w) * xent + w * kd`.
 
     Data (`x, y, sample_weight`; sample_weight = decoder padding mask):
     - offline (`teacher=None`): `x` = the student features, `y` =
@@ -261,9 +263,13 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
         # Losses come back scaled by 1 / num_replicas (Keras does it per
         # replica); the trackers get the unscaled values.
         replicas = float(tf.distribute.get_strategy().num_replicas_in_sync)
-        self.xent_tracker.update_state(xent * replicas)
+        # Weighted by the batch's rows, as Keras weights its `loss` tracker,
+        # so that the logged epoch means keep loss = (1 - w) xent + w kd
+        # when batches (token-budget ones) hold different numbers of rows.
+        rows = tf.cast(tf.shape(labels)[0], "float32")
+        self.xent_tracker.update_state(xent * replicas, sample_weight=rows)
         if kd is not None:
-            self.kd_tracker.update_state(kd * replicas)
+            self.kd_tracker.update_state(kd * replicas, sample_weight=rows)
             w = self.distillation_weight
             loss = (1.0 - w) * xent + w * kd
         if self.losses:

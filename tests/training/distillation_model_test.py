@@ -73,6 +73,46 @@ def test_loss_is_weighted_sum_and_metrics_logged():
     assert scores["loss"] == pytest.approx(0.7 * xent + 0.3 * kd, rel=1e-5)
 
 
+def test_logged_means_keep_the_weighted_sum_over_uneven_batches():
+    # Token-budget batches hold different numbers of rows; Keras weights
+    # its `loss` tracker by rows, so xent and kd must be weighted the same
+    # for the epoch means to keep loss = (1 - w) xent + w kd.
+    x, y, weights = make_data()
+    model = DistillationModel(
+        make_student(), distillation_weight=0.3, temperature=2.0
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+
+    def part(rows):
+        return (
+            {k: v[rows] for k, v in x.items()},
+            {k: v[rows] for k, v in y.items()},
+            weights[rows],
+        )
+
+    batches = [part(slice(0, 3)), part(slice(3, 4))]
+    expected = {"xent": 0.0, "kd": 0.0}
+    for bx, by, bw in batches:
+        logits = model.student(bx)
+        rows = len(bw)
+        expected["xent"] += rows * float(
+            TokenCrossEntropy(0.1)(by["labels"], logits, bw)
+        )
+        expected["kd"] += rows * float(
+            TopKDistillationLoss(2.0)(by, logits, bw)
+        )
+    expected = {k: v / 4 for k, v in expected.items()}
+    dataset = tf.data.Dataset.from_tensors(batches[0]).concatenate(
+        tf.data.Dataset.from_tensors(batches[1])
+    )
+    scores = model.evaluate(dataset, return_dict=True, verbose=0)
+    assert scores["xent"] == pytest.approx(expected["xent"], rel=1e-5)
+    assert scores["kd"] == pytest.approx(expected["kd"], rel=1e-5)
+    assert scores["loss"] == pytest.approx(
+        0.7 * scores["xent"] + 0.3 * scores["kd"], rel=1e-6
+    )
+
+
 def test_weight_zero_is_exactly_cross_entropy():
     x, y, weights = make_data()
     # Unfused: the loss is TokenCrossEntropy itself, bit for bit.
