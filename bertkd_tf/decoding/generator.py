@@ -67,6 +67,21 @@ def auto_search_shards(batch_size, beam_size=1, threads=None):
     return _power_of_two_at_most(max(1, min(threads, rows // MIN_SHARD_ROWS)))
 
 
+def check_search_shards(search_shards):
+    """Returns `search_shards` if it is `"auto"` or a power of two >= 1."""
+    if search_shards != "auto" and (
+        isinstance(search_shards, bool)
+        or not isinstance(search_shards, int)
+        or search_shards < 1
+        or search_shards & (search_shards - 1)
+    ):
+        raise ValueError(
+            "`search_shards` must be 'auto' or a power of two >= 1. "
+            f"Received: search_shards={search_shards!r}"
+        )
+    return search_shards
+
+
 def decode_student(
     model,
     encoder_token_ids,
@@ -308,16 +323,7 @@ class Generator:
                 vocabulary.eos_id,
                 vocabulary.pad_id,
             )
-        if search_shards != "auto" and (
-            not isinstance(search_shards, int)
-            or search_shards < 1
-            or search_shards & (search_shards - 1)
-        ):
-            raise ValueError(
-                "`search_shards` must be 'auto' or a power of two >= 1. "
-                f"Received: search_shards={search_shards!r}"
-            )
-        self.search_shards = search_shards
+        self.search_shards = check_search_shards(search_shards)
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.jit_compile = jit_compile
         self.prefix_phases = bool(prefix_phases)

@@ -36,6 +36,7 @@ import tensorflow as tf
 from bertkd_tf.decoding.generator import (
     MIN_SHARD_ROWS,
     auto_search_shards,
+    check_search_shards,
     decode_student,
 )
 
@@ -141,18 +142,9 @@ class ServingModule(tf.Module):
                 "`max_length_margin` must be None or an int >= 0. Received: "
                 f"max_length_margin={max_length_margin!r}"
             )
-        if search_shards == "auto":
+        if check_search_shards(search_shards) == "auto":
+            # Requests of any size: the thread count alone decides.
             search_shards = auto_search_shards(1 << 20, beam_size)
-        if (
-            isinstance(search_shards, bool)
-            or not isinstance(search_shards, int)
-            or search_shards < 1
-            or search_shards & (search_shards - 1)
-        ):
-            raise ValueError(
-                "`search_shards` must be 'auto' or a power of two >= 1. "
-                f"Received: search_shards={search_shards!r}"
-            )
         if not isinstance(length_penalty, (int, float)):
             raise ValueError(
                 "`length_penalty` must be a float. Received: "
@@ -250,14 +242,6 @@ class ServingModule(tf.Module):
                 tf.zeros([0], tf.float32),
             )
 
-        if self.search_shards == 1:
-            return tf.cond(
-                batch_size > 0,
-                lambda: self._search_function(
-                    encoder_token_ids, encoder_padding_mask
-                ),
-                nothing,
-            )
         least = -(-MIN_SHARD_ROWS // self.beam_size)
         size = tf.maximum(-(-batch_size // self.search_shards), least)
         outputs = []

@@ -298,3 +298,5 @@ def test_search_shards_validation():
         Generator(tiny_model(), search_shards=3)
     with pytest.raises(ValueError, match="search_shards=0"):
         Generator(tiny_model(), search_shards=0)
+    with pytest.raises(ValueError, match="search_shards=True"):
+        Generator(tiny_model(), search_shards=True)

@@ -368,6 +368,7 @@ def test_save_refuses_a_non_empty_directory(tmp_path):
         (dict(length_penalty="x"), "length_penalty='x'"),
         (dict(search_shards=3), "power of two >= 1. Received: search_shards=3"),
         (dict(search_shards=0), "search_shards=0"),
+        (dict(search_shards=True), "search_shards=True"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, message):
