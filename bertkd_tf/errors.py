@@ -33,5 +33,9 @@ class MissingArtifactError(BertkdError, FileNotFoundError):
     """An artifact of an earlier stage does not exist yet."""
 
 
+class MissingInputError(BertkdError, FileNotFoundError):
+    """An input file named by a setting does not exist."""
+
+
 class LockedError(BertkdError, RuntimeError):
     """Another process is writing the same output directory."""

@@ -4,6 +4,14 @@ Each mode is `bertkd_tf/runs/<mode>.py` with one `run()`; gin files bind its
 arguments (`from __gin__ import dynamic_registration`). Gin and flags live
 only here. `bertkd translate ...` is short for `bertkd --mode=translate ...`.
 
+Before running, the configuration is checked: a macro that nothing uses (a
+misspelling such as `TRAIN_STEP=5`) is refused naming the closest existing
+one, and every value bound to the mode's `run()` is checked against its type
+and range (`settings.RULES`). Expected failures (`errors.BertkdError`, such
+as a bad setting, malformed data, a missing artifact or a locked output
+directory, and `OSError`) print one paragraph, saying what was wrong, where
+and what to do, and exit with status 2; `--verbosity=1` adds the traceback.
+
 Example:
   bertkd --mode=prepare \
     --gin_file=gin/experiments/multi30k_de_en_prepare.gin \
@@ -11,15 +19,24 @@ Example:
     --gin_bindings="WORK_DIR='/tmp/w'"
 """
 
+import contextlib
+import difflib
+import errno
+import glob
 import importlib
+import inspect
 import os
+import re
 import sys
 import textwrap
 import time
+import traceback
 
 from absl import app, flags, logging
 
+from bertkd_tf import settings
 from bertkd_tf.atomic_files import write_text_atomic
+from bertkd_tf.errors import BertkdError, ConfigError
 
 MODES = (
     "prepare",
@@ -48,14 +65,81 @@ DRY_RUN = flags.DEFINE_bool(
 CONFIG_FILE = "operative_config.gin"
 
 
-class UsageError(Exception):
-    """A configuration problem, reported as one paragraph (no traceback)."""
+class UsageError(ConfigError):
+    """A configuration problem, reported as one paragraph (no traceback).
+
+    Kept for callers that catch it; new code raises `errors.ConfigError`.
+    """
 
 
 def _fail(message):
-    text = textwrap.fill(" ".join(message.split()), width=78)
+    # Paths are never split (copy-paste): no breaks at hyphens or inside.
+    text = textwrap.fill(
+        " ".join(str(message).split()),
+        width=78,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
     print(f"bertkd: {text}", file=sys.stderr)
     sys.exit(2)
+
+
+def _describe_os_error(error):
+    """One paragraph for an `OSError`: what, which path, what to do."""
+    if error.errno is None or error.strerror is None:
+        return str(error)  # Our own message (it names the path).
+    code = errno.errorcode.get(error.errno, str(error.errno))
+    paths = " and ".join(
+        repr(os.fspath(p))
+        for p in (error.filename, error.filename2)
+        if p is not None
+    )
+    where = f" on {paths}" if paths else ""
+    return (
+        f"I/O error{where}: {error.strerror} ({code}). Check that the path "
+        "(a gin setting such as WORK_DIR / DATA_DIR, or the output of an "
+        "earlier stage) exists and is readable and writable, and that the "
+        "disk has space; then run the same command again."
+    )
+
+
+def _unwrap_gin_proxy(error):
+    """The exception gin re-raised as a proxy, else `error`.
+
+    gin re-raises an exception from a configurable (`run()`) as an instance
+    of a subclass whose message adds "In call to configurable 'run' (...)"
+    and whose own attributes (an OSError's `errno`, `filename`) are empty;
+    the original is its `__context__`.
+    """
+    for _ in range(10):
+        proxy_str = type(error).__dict__.get("__str__")
+        context = error.__context__
+        if (
+            context is None
+            or "augment_exception_message_and_reraise"
+            not in getattr(proxy_str, "__qualname__", "")
+        ):
+            return error
+        error = context
+    return error
+
+
+def _report(error):
+    """Prints an expected failure as one paragraph; exits with status 2.
+
+    The traceback comes first only under `--verbosity=1` or higher.
+    """
+    verbosity = (
+        flags.FLAGS["verbosity"].value if "verbosity" in flags.FLAGS else -1
+    )
+    if verbosity is not None and verbosity >= 1:
+        traceback.print_exception(error)
+    error = _unwrap_gin_proxy(error)
+    if isinstance(error, OSError) and not isinstance(error, BertkdError):
+        message = _describe_os_error(error)
+    else:
+        message = str(error)
+    _fail(message)
 
 
 def _gin_search_paths():
@@ -79,8 +163,257 @@ def _required_macros(gin):
     return sorted(set(missing))
 
 
+@contextlib.contextmanager
+def _recording_locations():
+    """Records where each binding was made while gin parses.
+
+    Yields a dict `(scope, selector, argument) -> gin Location` (macros:
+    `(name, "gin.macro", "value")`); a location's `filename` is None for a
+    `--gin_bindings` binding. Messages use it to name the file and line of a
+    bad value. Best effort: if gin's internals differ, the dict stays empty.
+    """
+    from gin import config as gin_config
+    from gin import utils as gin_utils
+
+    locations = {}
+    current = []
+    original_try = getattr(gin_utils, "try_with_location", None)
+    original_bind = getattr(gin_config, "bind_parameter", None)
+    if original_try is None or original_bind is None:
+        yield locations
+        return
+
+    @contextlib.contextmanager
+    def try_with_location(location):
+        current.append(location)
+        try:
+            with original_try(location):
+                yield
+        finally:
+            current.pop()
+
+    def bind_parameter(binding_key, value):
+        original_bind(binding_key, value)
+        try:
+            scope, selector, argument = binding_key
+            if selector != _MACRO:
+                configurable = gin_config._parse_context().get_configurable(  # noqa: SLF001
+                    selector
+                )
+                selector = configurable.selector if configurable else selector
+            locations[(scope, selector, argument)] = (
+                current[-1] if current else None
+            )
+        except Exception:  # noqa: BLE001  (locations are only for messages)
+            pass
+
+    gin_utils.try_with_location = try_with_location
+    gin_config.bind_parameter = bind_parameter
+    try:
+        yield locations
+    finally:
+        gin_utils.try_with_location = original_try
+        gin_config.bind_parameter = original_bind
+
+
+_MACRO = "gin.macro"
+_MACRO_REFERENCE = re.compile(r"%\s*([A-Za-z_][\w.]*(?:/[A-Za-z_][\w.]*)*)")
+
+
+def _where(location):
+    """`set by --gin_bindings` or `set at FILE:LINE` (or '')."""
+    if location is None:
+        return ""
+    filename = getattr(location, "filename", None)
+    if filename is None:
+        return "set by --gin_bindings"
+    return f"set at {os.path.relpath(filename)}:{location.line_num}"
+
+
+def _references(value):
+    """The gin references inside a bound value (also in lists and dicts)."""
+    from gin import config as gin_config
+
+    if isinstance(value, gin_config.ConfigurableReference):
+        yield value
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from _references(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _references(key)
+            yield from _references(item)
+
+
+def _macros_in_gin_files(directories):
+    """Names referenced as `%NAME` by the gin files in `directories`.
+
+    A directory given as `(path, True)` is searched recursively.
+    """
+    names = set()
+    paths = set()
+    for directory, recursive in directories:
+        pattern = os.path.join(directory, "**" if recursive else "", "*.gin")
+        paths.update(glob.glob(pattern, recursive=recursive))
+    for path in sorted(paths):
+        try:
+            with open(path, encoding="utf-8") as f:
+                names.update(_MACRO_REFERENCE.findall(f.read()))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return names
+
+
+def _check_macros(mode, gin_files, locations):
+    """Refuses macros that nothing uses (a misspelt macro does nothing).
+
+    A macro is used if a binding of this configuration refers to it
+    (directly or through another macro), or if a gin file shipped in gin/
+    or next to the given files does (`%NAME`): macros that only other modes
+    read (`TRAIN_STEPS` in a shared demo file, `DATA_DIR` bound for every
+    stage by a driver script) stay legal. A macro that the mode's `run()`
+    needs (directly or through other bindings) but nothing sets is refused
+    too.
+    """
+    from gin import config as gin_config
+
+    config = gin_config._CONFIG  # noqa: SLF001
+    defined = set()
+    referenced = set()
+    for (scope, selector), params in config.items():
+        if selector == _MACRO:
+            defined.add(scope)
+        for value in params.values():
+            for reference in _references(value):
+                name, kind = reference.config_key
+                if kind == _MACRO:
+                    referenced.add(name)
+    unused = defined - referenced
+    undefined = _needed_macros(mode) - defined
+    if unused:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        directories = [(os.path.join(root, "gin"), True)]
+        for path in list(gin_files) + [
+            getattr(location, "filename", None)
+            for location in locations.values()
+        ]:
+            if path:
+                directory = os.path.dirname(os.path.abspath(path))
+                directories.append((directory, False))
+        elsewhere = _macros_in_gin_files(directories)
+        unused -= elsewhere
+        referenced |= elsewhere
+    if not unused and not undefined:
+        return
+    known = (referenced | defined) - unused - undefined - {"gin.REQUIRED"}
+    problems = []
+    for name in sorted(unused):
+        where = _where(locations.get((name, _MACRO, "value")))
+        problems.append(
+            f"macro {name}{f' ({where})' if where else ''} is used by no "
+            "setting: no binding refers to it, directly or through another "
+            "macro, and no gin file does, so its value would be silently "
+            f"ignored{_suggestion(name, known)}"
+        )
+    for name in sorted(undefined):
+        problems.append(
+            f"macro {name} is needed by mode {mode!r} (a binding refers to "
+            f"%{name}) but never set{_suggestion(name, known)}"
+        )
+    raise UsageError(
+        "Unknown macro: "
+        + "; ".join(problems)
+        + ". Correct the spelling (the header of each gin/runs/*.gin lists "
+        "the mode's macros), or set or remove the binding."
+    )
+
+
+def _needed_macros(mode):
+    """Macros reachable from the bindings of the mode's `run()`."""
+    from gin import config as gin_config
+
+    config = gin_config._CONFIG  # noqa: SLF001
+    pending = [
+        key
+        for key in config
+        if not key[0] and key[1].split(".")[-2:] == [mode, "run"]
+    ]
+    seen = set(pending)
+    needed = set()
+    while pending:
+        for value in config.get(pending.pop(), {}).values():
+            for reference in _references(value):
+                key = reference.config_key
+                if key[1] == _MACRO:
+                    needed.add(key[0])
+                if key not in seen:
+                    seen.add(key)
+                    pending.append(key)
+    return needed
+
+
+def _suggestion(name, known):
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_run_settings(mode, function, locations):
+    """Checks the values bound to `run()`'s arguments (`settings.RULES`)."""
+    from gin import config as gin_config
+
+    config = gin_config._CONFIG  # noqa: SLF001
+    parameters = inspect.signature(function).parameters
+    problems = []
+    for (scope, selector), params in config.items():
+        if scope or selector.split(".")[-2:] != [mode, "run"]:
+            continue
+        for argument, value in sorted(params.items()):
+            chain = []
+            while (
+                isinstance(value, gin_config.ConfigurableReference)
+                and value.config_key[1] == _MACRO
+                and len(chain) < 50
+            ):
+                chain.append(value.config_key[0])
+                value = config.get(value.config_key, {}).get("value", None)
+            if any(True for _ in _references(value)):
+                continue  # An object (`@task.Task()`) or a placeholder.
+            parameter = parameters.get(argument)
+            default = (
+                None
+                if parameter is None or parameter.default is parameter.empty
+                else parameter.default
+            )
+            problem = settings.problem(argument, value, default)
+            if problem is None:
+                continue
+            if chain:
+                where = _where(locations.get((chain[-1], _MACRO, "value")))
+                origin = f"macro {' -> '.join(chain)}" + (
+                    f", {where}" if where else ""
+                )
+            else:
+                origin = _where(locations.get(("", selector, argument)))
+            origin = f" ({origin})" if origin else ""
+            problems.append(f"{mode}.run.{argument}{origin} {problem}")
+    if problems:
+        raise UsageError(
+            "Bad setting: "
+            + "; ".join(problems)
+            + ". Change the value where it is set (gin/runs/"
+            f"{mode}.gin lists the mode's settings; bertkd_tf/runs/{mode}.py "
+            "run() documents them)."
+        )
+
+
 def parse_config(mode, gin_files, gin_bindings):
-    """Parses gin files and bindings; returns the mode's configured `run`."""
+    """Parses gin files and bindings; returns the mode's configured `run`.
+
+    Raises `UsageError` (a `ConfigError`) naming the file, setting or macro
+    for: no gin file, unparsable files or bindings, a macro that nothing
+    uses (a typo), a required macro left unset, and a `run()` argument of
+    the wrong type or out of range (`settings.RULES`).
+    """
     import gin
 
     if not gin_files:
@@ -93,14 +426,16 @@ def parse_config(mode, gin_files, gin_bindings):
         gin.add_config_file_search_path(path)
     module = importlib.import_module(f"bertkd_tf.runs.{mode}")
     try:
-        gin.parse_config_files_and_bindings(
-            gin_files, gin_bindings, finalize_config=False
-        )
+        with _recording_locations() as locations:
+            gin.parse_config_files_and_bindings(
+                gin_files, gin_bindings, finalize_config=False
+            )
     except (ValueError, KeyError, ImportError, OSError, SyntaxError) as error:
         raise UsageError(
             f"Bad configuration for mode {mode!r}: {error} Check the spelling "
             "against the run's arguments (gin/runs/*.gin lists them)."
         ) from None
+    _check_macros(mode, gin_files, locations)
     missing = _required_macros(gin)
     if missing:
         example = " ".join(f"--gin_bindings=\"{m}='...'\"" for m in missing)
@@ -110,13 +445,15 @@ def parse_config(mode, gin_files, gin_bindings):
             f"(see the 'Required' header of gin/runs/{mode}.gin)."
         )
     try:
-        return gin, gin.get_configurable(module.run)
+        configured = gin.get_configurable(module.run)
     except ValueError:
         raise UsageError(
             f"The gin files bind nothing for mode {mode!r}: include "
             f"gin/runs/{mode}.gin (or an experiment that does) in "
             "--gin_file."
         ) from None
+    _check_run_settings(mode, module.run, locations)
+    return gin, configured
 
 
 def run_mode(mode, gin_files, gin_bindings, dry_run=False):
@@ -153,8 +490,10 @@ def _main(argv):
         run_mode(
             FLAGS.value, GIN_FILES.value, GIN_BINDINGS.value, DRY_RUN.value
         )
-    except UsageError as error:
-        _fail(str(error))
+    except (BertkdError, OSError) as error:
+        # Expected failures (bad file, bad value, missing artifact, I/O
+        # error): one paragraph, exit 2; the traceback only with -v 1.
+        _report(error)
 
 
 def console_main():

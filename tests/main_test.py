@@ -8,8 +8,12 @@ import sys
 
 import gin
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 
 from bertkd_tf import main
+from bertkd_tf.errors import BertkdError, ConfigError
+from bertkd_tf.locking import DirectoryLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_FILES = sorted(
@@ -96,3 +100,325 @@ def test_prepare_end_to_end_writes_vocab_stats_and_config(
         "prepare.run.min_count = 1"
         in (vocab_dir / "operative_config.gin").read_text()
     )
+
+
+# --- Macros nothing uses (a misspelt macro would silently do nothing) ---
+
+DISTILL = "gin/experiments/multi30k_de_en_distill.gin"
+PATHS = ["DATA_DIR='/tmp/bertkd-data'", "WORK_DIR='/tmp/bertkd-work'"]
+
+
+def _config_error(mode, gin_files, bindings):
+    gin.clear_config()
+    try:
+        with pytest.raises(ConfigError) as error:
+            main.parse_config(mode, gin_files, PATHS + bindings)
+    finally:
+        gin.clear_config()
+    return " ".join(str(error.value).split())
+
+
+@pytest.mark.parametrize(
+    "binding, name, closest",
+    [
+        ("TRAIN_STEP=5", "TRAIN_STEP", "TRAIN_STEPS"),
+        ("DISTILATION_WEIGHT=0.0", "DISTILATION_WEIGHT", "DISTILLATION_WEIGHT"),
+    ],
+)
+def test_misspelt_macro_binding_is_refused_naming_the_closest(
+    binding, name, closest
+):
+    message = _config_error("distill", [DISTILL], [binding])
+    assert f"macro {name} (set by --gin_bindings) is used by no" in message
+    assert f"did you mean {closest}?" in message
+
+
+def test_misspelt_macro_in_a_gin_file_names_file_and_line(tmp_path):
+    path = tmp_path / "mine.gin"
+    path.write_text(f"include '{DISTILL}'\n\nDISTILATION_WEIGHT = 0.0\n")
+    message = _config_error("distill", [str(path)], [])
+    where = f"set at {os.path.relpath(path)}:3"
+    assert f"macro DISTILATION_WEIGHT ({where}) is used by no" in message
+    assert "did you mean DISTILLATION_WEIGHT?" in message
+
+
+def test_reference_to_a_macro_never_set_is_refused():
+    message = _config_error(
+        "distill", [DISTILL], ["distill.run.total_steps = %TRAIN_STEP"]
+    )
+    assert "macro TRAIN_STEP is needed by mode 'distill'" in message
+    assert "did you mean TRAIN_STEPS?" in message
+
+
+def test_macros_that_only_other_modes_use_are_accepted(capsys):
+    # A driver binding the same macros for every stage (tools/demo.py,
+    # tools/run_experiment.sh): TRAIN_STEPS means nothing to prepare, and
+    # DATA_DIR nothing to export with gin/runs/export.gin alone.
+    for mode, gin_file, bindings in (
+        (
+            "prepare",
+            "gin/experiments/multi30k_de_en_prepare.gin",
+            ["TRAIN_STEPS=5"],
+        ),
+        ("export", "gin/runs/export.gin", ["TOP_K=4"]),
+    ):
+        gin.clear_config()
+        main.run_mode(mode, [gin_file], PATHS + bindings, dry_run=True)
+    gin.clear_config()
+    capsys.readouterr()
+
+
+def _mode_of(path):
+    name = os.path.basename(path)
+    for key, mode in (
+        ("prepare", "prepare"),
+        ("dump", "dump_teacher"),
+        ("evaluate", "evaluate"),
+        ("baseline", "distill"),
+        ("distill", "distill"),
+        ("student", "distill"),
+        ("teacher", "train_teacher"),
+    ):
+        if key in name:
+            return mode
+    return None
+
+
+def _dry_run_cases():
+    """(mode, gin files) for every experiment, demo and test gin file."""
+    cases = []
+    for path in GIN_FILES:
+        relative = os.path.relpath(path, ROOT)
+        if relative.startswith("gin/experiments/") and _mode_of(path):
+            cases.append((_mode_of(path), [relative]))
+    for mode in main.MODES:
+        cases.append((mode, [f"gin/runs/{mode}.gin", "gin/demo/demo.gin"]))
+    task = "gin/tasks/multi30k_de_en.gin"
+    for mode in ("prepare", "train_teacher"):
+        cases.append(
+            (mode, [task, f"gin/runs/{mode}.gin", "gin/tests/cmlm_tiny.gin"])
+        )
+    for mode in ("distill", "evaluate", "translate", "export"):
+        cases.append(
+            (
+                mode,
+                [
+                    task,
+                    f"gin/runs/{mode}.gin",
+                    "gin/tests/transformer_tiny.gin",
+                ],
+            )
+        )
+    return cases
+
+
+@pytest.mark.parametrize(
+    "mode, gin_files", _dry_run_cases(), ids=lambda x: str(x).replace("/", ".")
+)
+def test_every_experiment_demo_and_test_gin_dry_runs(mode, gin_files, capsys):
+    """No shipped gin file trips the macro and setting checks."""
+    gin.clear_config()
+    try:
+        main.run_mode(mode, gin_files, PATHS, dry_run=True)
+    finally:
+        gin.clear_config()
+    assert "'/tmp/bertkd-work'" in capsys.readouterr().out
+
+
+# --- Bad values: named setting, macro, value; one paragraph, exit 2 ---
+
+
+@pytest.mark.parametrize(
+    "mode, gin_file, binding, expected",
+    [
+        (
+            "distill",
+            DISTILL,
+            "TRAIN_STEPS='abc'",
+            "distill.run.total_steps (macro TRAIN_STEPS, set by "
+            "--gin_bindings) must be an int >= 1; got 'abc' (a str)",
+        ),
+        (
+            "distill",
+            DISTILL,
+            "TOP_K='eight'",
+            "distill.run.top_k (macro TOP_K, set by --gin_bindings) must be "
+            "an int >= 1; got 'eight' (a str)",
+        ),
+        (
+            "distill",
+            DISTILL,
+            "STRATEGY='mirored'",
+            "distill.run.strategy (macro STRATEGY, set by --gin_bindings) "
+            "must be one of 'default', 'mirrored', 'multi_worker', 'tpu'; "
+            "got 'mirored'",
+        ),
+        (
+            "distill",
+            DISTILL,
+            "DISTILLATION_WEIGHT=1.5",
+            "distill.run.distillation_weight (macro DISTILLATION_WEIGHT, set "
+            "by --gin_bindings) must be a number in [0, 1]; got 1.5",
+        ),
+        (
+            "evaluate",
+            "gin/experiments/multi30k_de_en_evaluate.gin",
+            "evaluate.run.beam_size=0",
+            "evaluate.run.beam_size (set by --gin_bindings) must be an int "
+            ">= 1; got 0 (an int)",
+        ),
+        (
+            "export",
+            "gin/runs/export.gin",
+            "export.run.jit_compile='yes'",
+            "export.run.jit_compile (set by --gin_bindings) must be True or "
+            "False; got 'yes'",
+        ),
+        (
+            "train_teacher",
+            "gin/experiments/multi30k_de_en_teacher.gin",
+            "PEAK_LEARNING_RATE=-1e-4",
+            "train_teacher.run.peak_learning_rate (macro PEAK_LEARNING_RATE, "
+            "set by --gin_bindings) must be a number > 0; got -0.0001",
+        ),
+    ],
+)
+def test_bad_setting_names_setting_macro_and_value(
+    mode, gin_file, binding, expected
+):
+    message = _config_error(mode, [gin_file], [binding])
+    assert expected in message
+    assert f"gin/runs/{mode}.gin lists the mode's settings" in message
+
+
+def test_bad_setting_in_a_gin_file_names_file_and_line(tmp_path):
+    path = tmp_path / "mine.gin"
+    path.write_text(f"include '{DISTILL}'\nTRAIN_STEPS = '10k'\n")
+    message = _config_error("distill", [str(path)], [])
+    assert (
+        f"distill.run.total_steps (macro TRAIN_STEPS, set at "
+        f"{os.path.relpath(path)}:2) must be an int >= 1; got '10k'"
+    ) in message
+
+
+def test_usage_error_is_a_config_error():
+    assert issubclass(main.UsageError, ConfigError)
+    assert issubclass(main.UsageError, BertkdError)
+
+
+def _main_in_process(capsys, mode, gin_files, bindings, verbosity=-1):
+    """Runs the binary's `_main` here; returns (exit status, stderr)."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    gin.clear_config()
+    capsys.readouterr()
+    try:
+        with flagsaver.flagsaver(
+            mode=mode,
+            gin_file=gin_files,
+            gin_bindings=bindings,
+            verbosity=verbosity,
+        ):
+            with pytest.raises(SystemExit) as exit_:
+                main._main(["bertkd"])
+    finally:
+        gin.clear_config()
+    return exit_.value.code, capsys.readouterr().err
+
+
+def _paragraph(stderr):
+    """The `bertkd: ...` paragraph at the end of stderr (asserts one)."""
+    assert "bertkd: " in stderr, stderr
+    paragraph = stderr[stderr.rindex("bertkd: ") :].strip()
+    assert "\n\n" not in paragraph
+    return " ".join(paragraph.split())
+
+
+@pytest.mark.parametrize(
+    "case", ["bad_int", "bad_string", "missing_file", "not_a_directory"]
+)
+def test_expected_failures_are_one_paragraph_exit_2(
+    case, capsys, tmp_path, tiny_bert_vocab
+):
+    prepare = "gin/experiments/multi30k_de_en_prepare.gin"
+    (tmp_path / "a_file").write_text("x")
+    work = [f"WORK_DIR='{tmp_path}/work'", f"BERT='{tiny_bert_vocab}'"]
+    mode, gin_file, bindings, expected = {
+        "bad_int": (
+            "distill",
+            DISTILL,
+            [*PATHS, "TRAIN_STEPS='abc'"],
+            "distill.run.total_steps (macro TRAIN_STEPS",
+        ),
+        "bad_string": (
+            "distill",
+            DISTILL,
+            [*PATHS, "distill.run.distillation_form='hintn'"],
+            "distill.run.distillation_form (set by --gin_bindings) must be "
+            "one of 'paper', 'hinton'; got 'hintn'",
+        ),
+        "missing_file": (
+            "prepare",
+            prepare,
+            [f"DATA_DIR='{tmp_path}/no_corpus'", *work],
+            f"No file for split 'train', language 'de': expected "
+            f"{tmp_path}/no_corpus/train.de",
+        ),
+        "not_a_directory": (
+            "prepare",
+            prepare,
+            [
+                f"DATA_DIR='{tmp_path}'",
+                f"WORK_DIR='{tmp_path}/a_file/work'",
+                f"BERT='{tiny_bert_vocab}'",
+            ],
+            f"I/O error on '{tmp_path}/a_file",
+        ),
+    }[case]
+    status, stderr = _main_in_process(capsys, mode, [gin_file], bindings)
+    assert status == 2
+    assert "Traceback" not in stderr
+    assert expected in _paragraph(stderr)
+    # With --verbosity=1 the traceback comes first, then the same paragraph.
+    status, stderr = _main_in_process(
+        capsys, mode, [gin_file], bindings, verbosity=1
+    )
+    assert status == 2
+    assert "Traceback (most recent call last)" in stderr
+    assert expected in _paragraph(stderr)
+
+
+def test_locked_output_directory_is_one_paragraph(
+    capsys, tmp_path, tiny_corpus, tiny_bert_vocab
+):
+    vocab_dir = tmp_path / "work" / "vocab"
+    bindings = [
+        f"DATA_DIR='{tiny_corpus}'",
+        f"WORK_DIR='{tmp_path}/work'",
+        f"BERT='{tiny_bert_vocab}'",
+    ]
+    with DirectoryLock(str(vocab_dir)):
+        status, stderr = _main_in_process(
+            capsys,
+            "prepare",
+            ["gin/experiments/multi30k_de_en_prepare.gin"],
+            bindings,
+        )
+    assert status == 2
+    message = _paragraph(stderr)
+    assert f"{vocab_dir} is being written by this process (pid" in message
+
+
+@pytest.mark.slow
+def test_binary_bad_value_exit_2_traceback_only_with_verbosity():
+    args = ["--mode=distill", f"--gin_file={DISTILL}"] + [
+        f"--gin_bindings={b}" for b in [*PATHS, "TRAIN_STEPS='abc'"]
+    ]
+    quiet = _bertkd(*args)
+    assert quiet.returncode == 2
+    assert "Traceback" not in quiet.stderr
+    assert "must be an int >= 1; got 'abc'" in _paragraph(quiet.stderr)
+    verbose = _bertkd(*args, "--verbosity=1")
+    assert verbose.returncode == 2
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert "must be an int >= 1; got 'abc'" in _paragraph(verbose.stderr)

@@ -6,7 +6,8 @@ r"""Averages the student weights of the last N checkpoints of a model dir.
 Reads `student_config.json` (written by `distill` at the end of a run) and
 the `checkpoints/` that `distill` keeps (the last `keep_checkpoints`), and
 writes the element-wise mean of the student's weights as a Keras weights
-file (default `<model_dir>/averaged.weights.h5`). Load it with
+file (default `<model_dir>/averaged.weights.h5`), atomically, with its
+SHA-256 in `averaged.weights.h5.sha256` (checked when loaded). Load it with
 `bertkd_tf.runs.distill.load_student(model_dir,
 weights_file="averaged.weights.h5")`. Optimizer state is not averaged.
 """
@@ -70,7 +71,7 @@ def average_checkpoints(model_dir, num_checkpoints, output=None):
     for variable, value in zip(student.weights, total):
         variable.assign((value / len(paths)).astype(variable.dtype))
     output = output or os.path.join(model_dir, AVERAGED_WEIGHTS)
-    student.save_weights(output)
+    trainer.write_weights(student, output)  # Atomically, with a checksum.
     return output, paths
 
 

@@ -9,8 +9,17 @@ of bytes per target position) and `join` (from `TokenizedPairs`) or
 examples, the input of
 `student_features.student_dataset`. The join is an in-memory hash-table
 lookup and two slices per example: no file I/O while training.
+
+Trust: the manifest records the fingerprints of the task vocabulary, the
+teacher and the tokenized pairs the targets were dumped from, and the size
+and sha256 of every finished shard. `load` refuses (`ArtifactError`)
+targets of another vocabulary, teacher or data than the caller expects,
+and a shard whose size or digest differs from the manifest's (a shard's
+digest is computed once per process); a manifest of an older dump without
+these fields is read with a warning.
 """
 
+import hashlib
 import json
 import os
 
@@ -18,10 +27,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf.checksums import sha256_of_file
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.errors import ArtifactError, ConfigError, MissingArtifactError
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+REDUMP_ADVICE = (
+    "Re-run dump_teacher with the same command: it rewrites damaged shards."
+)
 
 _FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.int64),
@@ -30,6 +44,152 @@ _FEATURES = {
     "teacher_ids": tf.io.FixedLenFeature([], tf.string),
     "teacher_logits": tf.io.FixedLenFeature([], tf.string),
 }
+
+# Shards whose digest matched in this process: (path, bytes, version, sha256).
+_VERIFIED_SHARDS = set()
+
+
+def data_fingerprint(tokenized):
+    """sha256 of the pair ids and their source/target task ids."""
+    digest = hashlib.sha256(np.asarray(tokenized.ids, "<i8").tobytes())
+    for side in (tokenized.source, tokenized.target):
+        digest.update(np.asarray(side.row_splits.numpy(), "<i8").tobytes())
+        digest.update(np.asarray(side.flat_values.numpy(), "<i4").tobytes())
+    return digest.hexdigest()
+
+
+def shard_info(path):
+    """`{"bytes", "sha256"}` of a finished shard, as the manifest records."""
+    return {
+        "bytes": int(tf.io.gfile.stat(path).length),
+        "sha256": sha256_of_file(path),
+    }
+
+
+def shard_problem(directory, name, info, use_cache=True):
+    """What is wrong with finished shard `name` of a dump, or None.
+
+    Args:
+        directory: the targets directory.
+        name: the shard's file name.
+        info: its manifest entry (`bytes`, `sha256`; a dump of an older
+            version has no `sha256`, and is checked by size only).
+        use_cache: skip hashing a shard whose digest already matched in
+            this process (same path, size and modification time).
+
+    Returns:
+        None if the file exists with the recorded size and sha256, else a
+        phrase saying what differs (expected and actual values).
+    """
+    path = os.path.join(directory, name)
+    if not tf.io.gfile.exists(path):
+        return "the file is missing"
+    if "://" in path:  # gs://, ...: what TensorFlow's file systems say.
+        stat = tf.io.gfile.stat(path)
+        size, version = stat.length, (stat.mtime_nsec,)
+    else:  # gfile's mtime has whole seconds: a rewrite could hide in one.
+        stat = os.stat(path)
+        size = stat.st_size
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
+    expected_size = info.get("bytes")
+    if expected_size is not None and size != int(expected_size):
+        return f"it has {size} bytes, the manifest records {int(expected_size)}"
+    expected = info.get("sha256")
+    if expected is None:
+        return None
+    key = (path, size, version, expected)
+    if use_cache and key in _VERIFIED_SHARDS:
+        return None
+    actual = sha256_of_file(path)
+    if actual != expected:
+        return f"its sha256 is {actual}, the manifest records {expected}"
+    _VERIFIED_SHARDS.add(key)
+    return None
+
+
+def _warn_unrecorded(directory, field, what):
+    logging.warning(
+        "teacher targets: the manifest in %s records no %s (dumped by an "
+        "older version): cannot check %s. Dump the teacher again (into a new "
+        "output_dir) to record it.",
+        directory,
+        field,
+        what,
+    )
+
+
+def _check_fingerprints(
+    manifest,
+    directory,
+    vocabulary=None,
+    teacher_fingerprint=None,
+    teacher_dir=None,
+    data_fingerprint=None,
+):
+    """Refuses targets of another vocabulary, teacher or data (warns when
+    the manifest predates the field)."""
+    if vocabulary is not None:
+        stored = manifest.get("vocabulary_fingerprint")
+        if stored is None:
+            _warn_unrecorded(
+                directory,
+                "vocabulary fingerprint",
+                "that the targets' ids are the student's task vocabulary",
+            )
+        elif stored != vocabulary.fingerprint:
+            raise ArtifactError(
+                f"The teacher targets in {directory!r} were dumped with "
+                f"another task vocabulary (fingerprint {stored}) than the "
+                f"student's (fingerprint {vocabulary.fingerprint}): their ids "
+                "would mean other tokens. Dump the teacher again with this "
+                "vocabulary (into a new dump_teacher.run.output_dir), or point "
+                "distill.run.targets_dir at targets dumped with it."
+            )
+    if teacher_fingerprint is not None:
+        stored = manifest.get("teacher_fingerprint")
+        expected_from = f" in {teacher_dir!r}" if teacher_dir else ""
+        if stored is None:
+            _warn_unrecorded(
+                directory,
+                "teacher fingerprint",
+                f"that the targets come from the teacher{expected_from}",
+            )
+        elif stored != teacher_fingerprint:
+            dumped_from = manifest.get("teacher_dir")
+            dumped_from = (
+                f", teacher_dir {dumped_from!r}" if dumped_from else ""
+            )
+            raise ArtifactError(
+                f"The teacher targets in {directory!r} were dumped from "
+                f"another teacher (fingerprint {stored}{dumped_from}) than "
+                f"the teacher{expected_from} (fingerprint "
+                f"{teacher_fingerprint}): the student would learn another "
+                "teacher's predictions. Dump this teacher's targets again "
+                "(dump_teacher, into a new dump_teacher.run.output_dir) and "
+                "point distill.run.targets_dir at them, point "
+                "distill.run.targets_dir at targets this teacher dumped, or "
+                "point distill.run.teacher_dir at the teacher that dumped "
+                "these."
+            )
+    if data_fingerprint is not None:
+        stored = manifest.get("data_fingerprint")
+        if stored is None:
+            _warn_unrecorded(
+                directory,
+                "data fingerprint",
+                "that the targets were dumped from the pairs trained on",
+            )
+        elif stored != data_fingerprint:
+            raise ArtifactError(
+                f"The teacher targets in {directory!r} were dumped from other "
+                f"pairs (data fingerprint {stored}) than the ones being "
+                f"trained on (data fingerprint {data_fingerprint}): another "
+                "corpus (DATA_DIR), max_train_pairs or length limit, so rows "
+                "would be the teacher's predictions for other sentences. Dump "
+                "the teacher again with the same task settings as distill "
+                "(into a new dump_teacher.run.output_dir), or point "
+                "distill.run.targets_dir at targets dumped from these pairs."
+            )
 
 
 class TeacherTargets:
@@ -108,6 +268,8 @@ class TeacherTargets:
         vocabulary=None,
         teacher_fingerprint=None,
         allow_incomplete=False,
+        data_fingerprint=None,
+        teacher_dir=None,
     ):
         """Reads a `dump_teacher` output directory.
 
@@ -116,67 +278,102 @@ class TeacherTargets:
             top_k: K' <= the stored K (None: all stored).
             vocabulary: the student's `TaskVocabulary`; refused if the
                 targets were dumped with another one.
-            teacher_fingerprint: optional expected teacher fingerprint.
+            teacher_fingerprint: optional expected teacher fingerprint
+                (`dump_teacher.teacher_fingerprint`); refused if the
+                targets were dumped from another teacher.
             allow_incomplete: read a dump with shards still missing.
+            data_fingerprint: optional `data_fingerprint` of the pairs the
+                targets are for; refused if they were dumped from others.
+            teacher_dir: where `teacher_fingerprint` comes from (named in
+                the error message).
+
+        Raises:
+            MissingArtifactError: no manifest in `directory`.
+            ArtifactError: a mismatched fingerprint, an incomplete dump, or
+                a shard missing, or whose size, sha256 or records are not
+                those the manifest records.
         """
         path = os.path.join(directory, MANIFEST_FILE)
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
+            raise MissingArtifactError(
                 f"No teacher targets in {directory!r} (missing "
                 f"{MANIFEST_FILE}): run `--mode=dump_teacher` first."
             )
-        with tf.io.gfile.GFile(path) as f:
-            manifest = json.load(f)
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                manifest = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ArtifactError(
+                f"{path} is not valid JSON ({error}): the manifest of the "
+                "teacher targets is damaged. Delete the targets directory "
+                "and run dump_teacher again."
+            ) from None
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise ArtifactError(
                 f"{path}: format_version {manifest.get('format_version')!r}; "
-                f"this reader reads {FORMAT_VERSION}."
+                f"this reader reads {FORMAT_VERSION}. Dump the teacher again "
+                "with this version (into a new output_dir)."
             )
         stored_k = int(manifest["top_k"])
         top_k = stored_k if top_k is None else int(top_k)
         if not 1 <= top_k <= stored_k:
-            raise ValueError(
+            raise ConfigError(
                 f"top_k={top_k} but {directory!r} stores K={stored_k}: "
                 f"read at most {stored_k} (or dump again with a larger K)."
             )
-        if (
-            vocabulary is not None
-            and vocabulary.fingerprint != manifest["vocabulary_fingerprint"]
-        ):
-            raise ValueError(
-                f"The targets in {directory!r} were dumped with another task "
-                f"vocabulary (fingerprint {manifest['vocabulary_fingerprint']}"
-                f", the student's is {vocabulary.fingerprint}): their ids "
-                "would mean other tokens. Dump the teacher again."
-            )
-        if (
-            teacher_fingerprint is not None
-            and teacher_fingerprint != manifest["teacher_fingerprint"]
-        ):
-            raise ValueError(
-                f"The targets in {directory!r} come from teacher "
-                f"{manifest['teacher_fingerprint']}, not the expected "
-                f"{teacher_fingerprint}."
-            )
+        _check_fingerprints(
+            manifest,
+            directory,
+            vocabulary=vocabulary,
+            teacher_fingerprint=teacher_fingerprint,
+            teacher_dir=teacher_dir,
+            data_fingerprint=data_fingerprint,
+        )
         shards = sorted(manifest["shards"])
         if not manifest.get("complete") and not allow_incomplete:
-            raise ValueError(
+            raise ArtifactError(
                 f"The dump in {directory!r} is incomplete ({len(shards)} of "
                 f"{manifest['num_shards']} shards): run the same "
                 "`dump_teacher` command again to finish it."
             )
+        unrecorded = [
+            n for n in shards if "sha256" not in manifest["shards"][n]
+        ]
+        if unrecorded:
+            _warn_unrecorded(
+                directory,
+                "shard digests",
+                f"{len(unrecorded)} shards beyond their size",
+            )
         ids, lengths, id_bytes, logit_bytes = [], [], [], []
         for name in shards:
-            records = tf.data.TFRecordDataset(os.path.join(directory, name))
-            for batch in records.batch(4096).map(
-                lambda r: tf.io.parse_example(r, _FEATURES)
-            ):
-                if np.any(batch["top_k"].numpy() != stored_k):
-                    raise ValueError(f"{name}: records with K != {stored_k}.")
-                ids.append(batch["id"].numpy())
-                lengths.append(batch["length"].numpy())
-                id_bytes.extend(batch["teacher_ids"].numpy().tolist())
-                logit_bytes.extend(batch["teacher_logits"].numpy().tolist())
+            shard_path = os.path.join(directory, name)
+            problem = shard_problem(directory, name, manifest["shards"][name])
+            if problem is not None:
+                raise ArtifactError(
+                    f"The teacher-target shard {shard_path} is damaged: "
+                    f"{problem}. {REDUMP_ADVICE}"
+                )
+            records = tf.data.TFRecordDataset(shard_path)
+            try:
+                for batch in records.batch(4096).map(
+                    lambda r: tf.io.parse_example(r, _FEATURES)
+                ):
+                    if np.any(batch["top_k"].numpy() != stored_k):
+                        raise ArtifactError(
+                            f"The teacher-target shard {shard_path} holds "
+                            f"records with K != {stored_k}, the manifest's. "
+                            f"{REDUMP_ADVICE}"
+                        )
+                    ids.append(batch["id"].numpy())
+                    lengths.append(batch["length"].numpy())
+                    id_bytes.extend(batch["teacher_ids"].numpy().tolist())
+                    logit_bytes.extend(batch["teacher_logits"].numpy().tolist())
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+                raise ArtifactError(
+                    f"The teacher-target shard {shard_path} is damaged: its "
+                    f"records cannot be read. {REDUMP_ADVICE}"
+                ) from None
         ids = np.concatenate(ids) if ids else np.zeros([0], np.int64)
         lengths = (
             np.concatenate(lengths) if lengths else np.zeros([0], np.int64)
@@ -186,9 +383,9 @@ class TeacherTargets:
             -1, stored_k
         )
         if len(top_ids) != int(np.sum(lengths)):
-            raise ValueError(
+            raise ArtifactError(
                 f"{directory!r}: records hold {len(top_ids)} rows but their "
-                f"lengths add up to {int(np.sum(lengths))}."
+                f"lengths add up to {int(np.sum(lengths))}. {REDUMP_ADVICE}"
             )
         row_splits = np.concatenate([[0], np.cumsum(lengths)])
         logging.info(
@@ -236,7 +433,7 @@ class TeacherTargets:
         missing = int(np.sum(~found))
         if missing and not allow_missing:
             examples = pair_ids[~found][:5].tolist()
-            raise ValueError(
+            raise ArtifactError(
                 f"{missing} of {len(pair_ids)} pairs have no teacher targets "
                 f"(ids {examples}...): dump the teacher on the same data and "
                 "limits, or pass allow_missing=True to drop them."
@@ -248,7 +445,7 @@ class TeacherTargets:
         wrong = np.flatnonzero(rows != expected)
         if len(wrong):
             w = wrong[0]
-            raise ValueError(
+            raise ArtifactError(
                 f"Pair {pair_ids[keep][w]}: the teacher targets have {rows[w]} "
                 f"rows but the student's target has {expected[w] - 1} tokens "
                 f"+ EOS ({len(wrong)} such pairs): the dump used another "
@@ -340,6 +537,9 @@ def attach_teacher_targets(
     top_k=None,
     vocabulary=None,
     allow_missing=False,
+    teacher_fingerprint=None,
+    teacher_dir=None,
+    data_fingerprint=None,
 ):
     """Loads `targets_dir` and adds its targets to `dataset` by `"id"`.
 
@@ -350,11 +550,24 @@ def attach_teacher_targets(
         top_k: K' <= the stored K (None: all).
         vocabulary: the student's `TaskVocabulary` (checked when given).
         allow_missing: drop examples without targets instead of failing.
+        teacher_fingerprint: the expected teacher (checked when given).
+        teacher_dir: where `teacher_fingerprint` comes from (for messages).
+        data_fingerprint: `data_fingerprint` of the pairs of `dataset`
+            (checked when given).
     """
-    targets = TeacherTargets.load(targets_dir, top_k, vocabulary)
+    targets = TeacherTargets.load(
+        targets_dir,
+        top_k,
+        vocabulary,
+        teacher_fingerprint=teacher_fingerprint,
+        teacher_dir=teacher_dir,
+        data_fingerprint=data_fingerprint,
+    )
     if targets.manifest.get("split") != split:
-        raise ValueError(
-            f"The targets in {targets_dir!r} are of split "
-            f"{targets.manifest.get('split')!r}, not {split!r}."
+        raise ArtifactError(
+            f"The teacher targets in {targets_dir!r} are of split "
+            f"{targets.manifest.get('split')!r}, not {split!r}: dump the "
+            f"{split!r} split (dump_teacher.run.split) or point at its "
+            "targets directory."
         )
     return targets.attach(dataset, allow_missing=allow_missing)

@@ -8,6 +8,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf.errors import DataError
+
 
 def _open_binary(path):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
@@ -21,7 +23,8 @@ def _resolve(data_dir, split, language):
             return candidate
     raise FileNotFoundError(
         f"No file for split {split!r}, language {language!r}: expected "
-        f"{plain} or {plain}.gz (data_dir={data_dir!r})."
+        f"{plain} or {plain}.gz (data_dir={data_dir!r}). Check DATA_DIR "
+        "(the task's data_dir) and the task's split names and languages."
     )
 
 
@@ -29,7 +32,7 @@ def _decode(raw, path, line_number):
     try:
         return raw.decode("utf-8").rstrip("\r\n").strip()
     except UnicodeDecodeError as error:
-        raise ValueError(
+        raise DataError(
             f"{path}:{line_number}: not valid UTF-8 ({error.reason} at byte "
             f"{error.start}); the corpus must be UTF-8 text."
         ) from None
@@ -137,10 +140,12 @@ def _file_rows(source_path, target_path):
                     target_count = line_number + bool(raw_target)
                     source_count += _count_rest(src)
                     target_count += _count_rest(tgt)
-                    raise ValueError(
+                    raise DataError(
                         "Parallel files differ in line count: "
                         f"{source_path} has {source_count} lines, "
-                        f"{target_path} has {target_count}."
+                        f"{target_path} has {target_count}. Line i of one "
+                        "must translate line i of the other: fix or "
+                        "re-extract the corpus."
                     )
                 return
             line_number += 1
@@ -165,8 +170,8 @@ def read_text_pairs(
 
     Raises:
         FileNotFoundError: a file is missing (both candidate names quoted).
-        ValueError: line counts differ (both files and counts named), or a
-            line is not UTF-8 (file and line number named).
+        DataError (a ValueError): line counts differ (both files and
+            counts named), or a line is not UTF-8 (file and line named).
     """
     source_path = _resolve(data_dir, split, source_language)
     target_path = _resolve(data_dir, split, target_language)

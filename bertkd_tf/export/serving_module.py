@@ -18,7 +18,10 @@ Signatures:
   `[batch, length]` (task ids as the encoder reads them: the source, then
   EOS = 3, padded with 0) -> `token_ids` int32 `[batch, width]` (the
   generated task ids without BOS and EOS, padded with 0), `padding_mask`
-  int32 `[batch, width]`, `scores` float32 `[batch]`.
+  int32 `[batch, width]`, `scores` float32 `[batch]`. Inputs are checked
+  in the graph: an id outside `[0, vocabulary size)` or a mask of another
+  shape than the ids fails the request with `InvalidArgumentError` (HTTP
+  400 in TF Serving) naming the input, the problem and the valid range.
 
 Edge cases: sources longer than `max_source_length` are truncated (the
 first `max_source_length - 1` WordPieces, then EOS), as `Generator` does;
@@ -309,7 +312,55 @@ class ServingModule(tf.Module):
         outputs = tf.where(empty, "", outputs)
         return {"outputs": outputs, "scores": scores}
 
+    def _check_token_id_inputs(self, encoder_token_ids, encoder_padding_mask):
+        """Graph checks of `serve_token_ids`' inputs; returns them.
+
+        Raises `InvalidArgumentError` when run on an id outside `[0,
+        vocabulary size)` (which would index outside the embeddings: an
+        error deep in the search on CPU, silent zeros on GPU) or a mask of
+        another shape than the ids.
+        """
+        size = self._vocabulary.size
+        expected = (
+            f"task vocabulary ids in [0, {size}) (the source, then EOS = "
+            f"{self.eos_id}, padded with {self.pad_id})"
+        )
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(encoder_padding_mask),
+                tf.shape(encoder_token_ids),
+                message=(
+                    "serve_token_ids: encoder_padding_mask must have the "
+                    "shape of encoder_token_ids, [batch, length] (1 for "
+                    "tokens, 0 for padding); the shapes differ"
+                ),
+            ),
+            tf.debugging.assert_non_negative(
+                encoder_token_ids,
+                message=(
+                    "serve_token_ids: encoder_token_ids has a negative id; "
+                    f"ids must be {expected}"
+                ),
+            ),
+            tf.debugging.assert_less(
+                encoder_token_ids,
+                tf.constant(size, tf.int32),
+                message=(
+                    f"serve_token_ids: encoder_token_ids has an id >= {size}; "
+                    f"ids must be {expected}"
+                ),
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return (
+                tf.identity(encoder_token_ids),
+                tf.identity(encoder_padding_mask),
+            )
+
     def _serve_token_ids(self, encoder_token_ids, encoder_padding_mask):
+        encoder_token_ids, encoder_padding_mask = self._check_token_id_inputs(
+            encoder_token_ids, encoder_padding_mask
+        )
         ids = tf.cast(encoder_token_ids, tf.int32)
         mask = tf.cast(tf.not_equal(encoder_padding_mask, 0), tf.int32)
         lengths = tf.reduce_sum(mask, axis=1)

@@ -31,6 +31,7 @@ cross-entropy (`val_loss = val_xent`, comparable between baseline and
 student) every `validate_every_steps`.
 """
 
+import functools
 import json
 import os
 
@@ -38,6 +39,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf import locking
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
@@ -55,6 +57,7 @@ from bertkd_tf.training.strategy import get_strategy
 
 VOCAB_DIR = "vocab"
 TARGETS_DIR = "targets"
+TEACHER_DIR = "teacher"  # train_teacher's output
 STUDENT_DIR = "student"
 BASELINE_DIR = "baseline"
 STUDENT_CONFIG = "student_config.json"
@@ -96,6 +99,9 @@ def student_from_config(directory, dtype=None):
 def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
     """The student saved by `distill` in `directory` (e.g. WORK_DIR/student).
 
+    The weights file is checked against its recorded SHA-256
+    (`bertkd_tf.checksums`); a damaged one raises `ArtifactError`.
+
     Args:
         directory: the directory with `student_config.json` and the weights.
         dtype: optional dtype policy to run it in (e.g. "mixed_bfloat16").
@@ -103,15 +109,72 @@ def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
             `tools/average_checkpoints.py`.
     """
     student = student_from_config(directory, dtype=dtype)
-    student.load_weights(os.path.join(directory, weights_file))
+    if weights_file == FINAL_WEIGHTS:
+        remedy = (
+            "re-run `bertkd --mode=distill` with the same settings (it "
+            "restores its last checkpoint and writes the file again)"
+        )
+    else:
+        remedy = (
+            "write it again (`tools/average_checkpoints.py` for averaged "
+            "weights)"
+        )
+    trainer.load_final_weights(
+        student, os.path.join(directory, weights_file), remedy=remedy
+    )
     return student
 
 
-def _default_teacher_targets_fn(dataset, targets_dir, split, top_k):
+def _default_teacher_targets_fn(
+    dataset,
+    targets_dir,
+    split,
+    top_k,
+    *,
+    vocabulary=None,
+    train_pairs=None,
+    teacher_dir=None,
+):
+    """`attach_teacher_targets`, refusing (`ArtifactError`) targets dumped
+    with another task vocabulary than `vocabulary`, from other pairs than
+    `train_pairs` (the `TokenizedPairs` of `dataset`), or from another
+    teacher than the one saved in `teacher_dir` (checked when it holds a
+    finished teacher)."""
     from bertkd_tf.data import teacher_targets
+    from bertkd_tf.runs import dump_teacher
 
+    fingerprint = None
+    if teacher_dir is not None:
+        if tf.io.gfile.isdir(teacher_dir):
+            try:
+                fingerprint = dump_teacher.teacher_fingerprint(teacher_dir)
+            except FileNotFoundError:
+                logging.warning(
+                    "distill: %s holds no finished teacher: cannot check "
+                    "that the targets in %s come from it.",
+                    teacher_dir,
+                    targets_dir,
+                )
+        else:
+            logging.warning(
+                "distill: no teacher in %s: cannot check which teacher the "
+                "targets in %s come from.",
+                teacher_dir,
+                targets_dir,
+            )
     return teacher_targets.attach_teacher_targets(
-        dataset, targets_dir, split=split, top_k=top_k
+        dataset,
+        targets_dir,
+        split=split,
+        top_k=top_k,
+        vocabulary=vocabulary,
+        teacher_fingerprint=fingerprint,
+        teacher_dir=teacher_dir,
+        data_fingerprint=(
+            None
+            if train_pairs is None
+            else teacher_targets.data_fingerprint(train_pairs)
+        ),
     )
 
 
@@ -201,6 +264,7 @@ def run(
     distillation_form="paper",
     targets_dir=None,
     teacher_targets_fn=None,
+    teacher_dir=None,
     learning_rate=2.0,
     warmup_steps=8000,
     total_steps=100_000,
@@ -244,7 +308,13 @@ def run(
             dataset` adding `teacher_ids` / `teacher_logits` (`[T + 1, K]`,
             aligned with `target + [EOS]`) to `{"id", "source_ids",
             "target_ids"}` examples; default
-            `bertkd_tf.data.teacher_targets.attach_teacher_targets`.
+            `bertkd_tf.data.teacher_targets.attach_teacher_targets`,
+            which refuses targets dumped with another task vocabulary, from
+            other training pairs or from another teacher than the one in
+            `teacher_dir`.
+        teacher_dir: the teacher the default targets must come from
+            (default `work_dir/teacher`, checked when it holds a finished
+            teacher; a relative path is under `work_dir`).
         learning_rate: noam scale factor (paper: 1 baseline, 2 distilled).
         warmup_steps: noam warm-up steps.
         total_steps: optimizer updates to train for.
@@ -276,6 +346,7 @@ def run(
         model_dir = STUDENT_DIR if distilling else BASELINE_DIR
     output_dir = os.path.join(work_dir, model_dir)
     tf.io.gfile.makedirs(output_dir)
+    _lock = locking.hold(output_dir)  # One writer (LockedError otherwise).
 
     vocab = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
     train_pairs = TokenizedPairs.from_pairs(
@@ -296,7 +367,12 @@ def run(
     if distilling:
         # Relative to work_dir unless absolute.
         targets_dir = os.path.join(work_dir, targets_dir or TARGETS_DIR)
-        targets_fn = teacher_targets_fn or _default_teacher_targets_fn
+        targets_fn = teacher_targets_fn or functools.partial(
+            _default_teacher_targets_fn,
+            vocabulary=vocab,
+            train_pairs=train_pairs,
+            teacher_dir=os.path.join(work_dir, teacher_dir or TEACHER_DIR),
+        )
 
         def attach_targets(dataset):
             return targets_fn(dataset, targets_dir, "train", top_k)

@@ -13,7 +13,9 @@ tokenized and filtered exactly as the student reads them
   `[T, K]`), each row sorted by logit, highest first;
 - `manifest.json`: fingerprints of the teacher checkpoint, the task
   vocabulary and the tokenized pairs, K, P, the number of pairs and
-  positions, the shard layout and the list of finished shards.
+  positions, the shard layout and the finished shards with their size and
+  sha256. No wall-clock times: two dumps of the same teacher and data have
+  byte-identical shards and manifests.
 
 Circular masks (PAPER.md section 2, Chen et al., ACL 2020): a pair with `T`
 rows gets
@@ -24,9 +26,13 @@ through the teacher in one forward pass; only the top-K of each masked
 position leaves the device.
 
 Robustness: a shard is written to a temporary name and renamed when
-complete, then recorded in the manifest. Running the same command again
-writes only the missing shards (byte-identical to an uninterrupted run:
-a shard's batches depend only on its own pairs). Targets from another
+complete, then recorded in the manifest with its size and sha256. Records
+are serialized deterministically (fixed feature order), so a shard's bytes
+depend only on its pairs and the teacher, not on the process. Running the
+same command again checks the finished shards against the manifest,
+rewrites any missing or damaged one (saying so in the log) and writes the
+missing ones: the result is byte-identical to an uninterrupted run (a
+shard's batches depend only on its own pairs). Targets from another
 teacher, vocabulary, data, K, P or precision are refused, never mixed.
 """
 
@@ -39,13 +45,25 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf import locking
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
 )
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.data.teacher_targets import (
+    data_fingerprint,
+    shard_info,
+    shard_problem,
+)
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    MissingArtifactError,
+)
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 from bertkd_tf.runs import train_teacher
 
@@ -93,7 +111,7 @@ def teacher_fingerprint(teacher_dir):
     for name in (train_teacher.TEACHER_CONFIG, train_teacher.FINAL_WEIGHTS):
         path = os.path.join(teacher_dir, name)
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
+            raise MissingArtifactError(
                 f"No trained teacher in {teacher_dir!r} (missing {name}): run "
                 "`--mode=train_teacher` first."
             )
@@ -101,15 +119,6 @@ def teacher_fingerprint(teacher_dir):
         with tf.io.gfile.GFile(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()
-
-
-def data_fingerprint(tokenized):
-    """sha256 of the pair ids and their source/target task ids."""
-    digest = hashlib.sha256(np.asarray(tokenized.ids, "<i8").tobytes())
-    for side in (tokenized.source, tokenized.target):
-        digest.update(np.asarray(side.row_splits.numpy(), "<i8").tobytes())
-        digest.update(np.asarray(side.flat_values.numpy(), "<i4").tobytes())
     return digest.hexdigest()
 
 
@@ -222,7 +231,11 @@ def make_top_k_fn(teacher, preprocessor, num_passes, top_k):
 
 
 def serialize_targets(pair_id, top_ids, top_logits):
-    """One pair's targets as a serialized `tf.train.Example`."""
+    """One pair's targets as a serialized `tf.train.Example`.
+
+    Deterministic: the features map is written in key order (without
+    `deterministic=True` its order changes from process to process).
+    """
     top_ids = np.ascontiguousarray(top_ids, "<i4")
     top_logits = np.ascontiguousarray(top_logits, "<f2")
     length, k = top_ids.shape
@@ -246,7 +259,7 @@ def serialize_targets(pair_id, top_ids, top_logits):
             }
         )
     )
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)
 
 
 def _padded(ragged, rows):
@@ -370,13 +383,55 @@ def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
 
 
 def _write_records(path, records):
-    """Writes `records` to `path` through a temporary name."""
+    """Writes `records` to `path` through a temporary name; returns the
+    finished shard's `{"bytes", "sha256"}`."""
     temp = f"{path}.tmp-{os.getpid()}"
     with tf.io.TFRecordWriter(temp) as writer:
         for record in records:
             writer.write(record)
     tf.io.gfile.rename(temp, path, overwrite=True)
-    return tf.io.gfile.stat(path).length
+    return shard_info(path)
+
+
+def _unrecorded_shard_problem(path, info):
+    """Checks a shard of an older dump (no sha256 recorded): its records'
+    checksums and count. None if sound, else what is wrong."""
+    try:
+        count = sum(1 for _ in tf.data.TFRecordDataset(path))
+    except tf.errors.DataLossError:
+        return "its records cannot be read"
+    if "pairs" in info and count != int(info["pairs"]):
+        return f"it holds {count} records, the manifest records {info['pairs']}"
+    return None
+
+
+def _finished_shards(manifest, output_dir):
+    """The manifest's shards that are intact on disk.
+
+    Checks each against its recorded size and sha256 and logs (warning)
+    every missing or damaged one, which is then written again. A shard of
+    an older dump without a recorded digest is checked by its records and
+    gets its digest recorded.
+    """
+    done = {}
+    for name, info in sorted(manifest["shards"].items()):
+        path = os.path.join(output_dir, name)
+        problem = shard_problem(output_dir, name, info, use_cache=False)
+        if problem is None and "sha256" not in info:
+            problem = _unrecorded_shard_problem(path, info)
+            if problem is None:
+                info = dict(info, **shard_info(path))
+                logging.info(
+                    "dump: %s (of an older dump) is sound; recorded its sha256",
+                    path,
+                )
+        if problem is None:
+            done[name] = info
+        else:
+            logging.warning(
+                "dump: %s is damaged (%s): writing it again.", path, problem
+            )
+    return done
 
 
 def _check_layout(manifest, layout, output_dir):
@@ -390,7 +445,7 @@ def _check_layout(manifest, layout, output_dir):
             f"{key}: stored {old!r}, now {new!r}"
             for key, (old, new) in different.items()
         )
-        raise ValueError(
+        raise ArtifactError(
             f"The targets in {output_dir!r} were dumped with other settings "
             f"({details}). Refusing to mix them: use another output_dir or "
             "delete that directory to dump again."
@@ -438,11 +493,11 @@ def run(
         "complete", "seconds", "positions_per_second"}`.
     """
     if not 1 <= int(top_k) <= MAX_TOP_K:
-        raise ValueError(f"top_k must be in [1, {MAX_TOP_K}]; got {top_k!r}.")
+        raise ConfigError(f"top_k must be in [1, {MAX_TOP_K}]; got {top_k!r}.")
     if int(num_passes) < 1:
-        raise ValueError(f"num_passes must be >= 1; got {num_passes!r}.")
+        raise ConfigError(f"num_passes must be >= 1; got {num_passes!r}.")
     if int(pairs_per_shard) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"pairs_per_shard must be >= 1; got {pairs_per_shard!r}."
         )
     top_k, num_passes = int(top_k), int(num_passes)
@@ -456,19 +511,21 @@ def run(
         )
     output_dir = os.path.join(work_dir, output_dir)
     tf.io.gfile.makedirs(output_dir)
+    _lock = locking.hold(output_dir)  # One writer (LockedError otherwise).
 
     vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
     fingerprint = teacher_fingerprint(teacher_dir)
     dtype = "mixed_bfloat16" if mixed_precision else None
     teacher = train_teacher.load_teacher(teacher_dir, dtype=dtype)
     if list(teacher.bert_ids) != vocab.bert_ids.tolist():
-        raise ValueError(
+        raise ArtifactError(
             f"The teacher in {teacher_dir!r} predicts over another task "
             f"vocabulary ({len(teacher.bert_ids)} entries) than "
-            f"{work_dir}/vocab ({vocab.size} entries)."
+            f"{work_dir}/vocab ({vocab.size} entries): train the teacher "
+            "again after `prepare`, or use the work_dir it was trained in."
         )
     if top_k > teacher.vocabulary_size:
-        raise ValueError(
+        raise ConfigError(
             f"top_k={top_k} exceeds the task vocabulary size "
             f"{teacher.vocabulary_size}."
         )
@@ -481,11 +538,15 @@ def run(
     source_lengths, target_lengths = tokenized.lengths()
     num_pairs = len(tokenized)
     if num_pairs == 0:
-        raise ValueError(f"No {split!r} pairs left after tokenizing.")
+        raise DataError(
+            f"No {split!r} pairs left after tokenizing (task data "
+            f"{task.data_dir or task.tfds_name!r}): check the data and the "
+            "task's length limits."
+        )
     max_packed = int(np.max(source_lengths + target_lengths)) + 3
     teacher_max = int(teacher.backbone.max_sequence_length)
     if max_packed > teacher_max:
-        raise ValueError(
+        raise ConfigError(
             f"The longest pair packs to {max_packed} tokens, more than the "
             f"teacher's max_sequence_length={teacher_max}; lower the task's "
             "max_source_length/max_target_length."
@@ -506,19 +567,25 @@ def run(
     }
     manifest = read_manifest(output_dir)
     if manifest is None:
-        manifest = dict(layout, shards={}, teacher_dir=teacher_dir)
+        # Relative to work_dir when inside it: the manifest does not depend
+        # on where the work directory lies.
+        relative = os.path.relpath(teacher_dir, work_dir)
+        manifest = dict(
+            layout,
+            shards={},
+            teacher_dir=teacher_dir if relative.startswith("..") else relative,
+        )
     else:
         _check_layout(manifest, layout, output_dir)
     # Leftovers of a crash mid-shard.
     for name in tf.io.gfile.listdir(output_dir):
         if ".tmp-" in name:
             tf.io.gfile.remove(os.path.join(output_dir, name))
-    done = {
-        name: info
-        for name, info in manifest["shards"].items()
-        if tf.io.gfile.exists(os.path.join(output_dir, name))
-    }
-    manifest["shards"] = done
+    done = _finished_shards(manifest, output_dir)
+    if done != manifest["shards"]:
+        manifest["shards"] = done
+        _update_totals(manifest)
+        _write_json_atomic(os.path.join(output_dir, MANIFEST_FILE), manifest)
     todo = [
         s for s in range(num_shards) if shard_name(s, num_shards) not in done
     ]
@@ -562,18 +629,22 @@ def run(
         shard = _slice(tokenized, part.start, part.stop)
         records = dump_pairs(shard, top_k_fn, batcher, progress)
         name = shard_name(s, num_shards)
-        size = _write_records(os.path.join(output_dir, name), records)
+        info = _write_records(os.path.join(output_dir, name), records)
         manifest["shards"][name] = {
             "pairs": len(shard),
             "positions": int(np.sum(rows[part])),
-            "bytes": size,
+            "bytes": info["bytes"],
+            "sha256": info["sha256"],
             "first_id": int(shard.ids[0]),
             "last_id": int(shard.ids[-1]),
         }
         _update_totals(manifest)
         _write_json_atomic(os.path.join(output_dir, MANIFEST_FILE), manifest)
         logging.info(
-            "dump: wrote %s (%d pairs, %d bytes)", name, len(shard), size
+            "dump: wrote %s (%d pairs, %d bytes)",
+            name,
+            len(shard),
+            info["bytes"],
         )
     progress.update(0, 0, force=True)
     seconds = time.time() - start

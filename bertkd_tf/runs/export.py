@@ -31,6 +31,8 @@ import time
 
 from absl import logging
 
+from bertkd_tf import locking
+from bertkd_tf.atomic_files import remove_stale_temporaries
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.export.serving_module import EXPORT_CONFIG_FILE, ServingModule
 from bertkd_tf.runs.distill import load_student
@@ -110,6 +112,10 @@ def run(
         )
     start = time.time()
     export_dir = export_dir or os.path.join(work_dir, EXPORT_DIR)
+    # Temporaries of interrupted exports (not those of running ones).
+    remove_stale_temporaries(
+        export_dir, r"\.tmp-export-(?:(?P<pid>\d+)-)?.*", "unfinished export"
+    )
     if version is not None and os.path.exists(
         os.path.join(export_dir, str(version))
     ):
@@ -135,7 +141,10 @@ def run(
         search_shards=search_shards,
     )
     os.makedirs(export_dir, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(dir=export_dir, prefix=".tmp-export-")
+    _lock = locking.hold(export_dir)  # One writer (LockedError otherwise).
+    temp_dir = tempfile.mkdtemp(
+        dir=export_dir, prefix=f".tmp-export-{os.getpid()}-"
+    )
     try:
         saved = os.path.join(temp_dir, "saved_model")
         module.save(saved)

@@ -7,6 +7,7 @@ import time
 import numpy as np
 from absl import logging
 
+from bertkd_tf import locking
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.bert_word_piece_tokenizer import (
     BertWordPieceTokenizer,
@@ -14,6 +15,7 @@ from bertkd_tf.data.bert_word_piece_tokenizer import (
 )
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.errors import DataError
 
 VOCAB_DIR = "vocab"
 STATS_FILE = "stats.json"
@@ -42,8 +44,15 @@ def run(*, task, work_dir, bert, min_count=1, lowercase=None, force=False):
 
     Returns:
         `{"output_dir", "vocabulary_size", "stats"}`.
+
+    Raises:
+        DataError: a split's files are malformed (line counts differ, not
+            UTF-8); a valid or test split that is not configured or whose
+            files are missing is only logged.
+        LockedError: another run writes `work_dir/vocab/`.
     """
     output_dir = os.path.join(work_dir, VOCAB_DIR)
+    _lock = locking.hold(output_dir)
     stats_path = os.path.join(output_dir, STATS_FILE)
     if not force and os.path.exists(stats_path):
         logging.info("Vocabulary exists in %s; reusing it.", output_dir)
@@ -77,6 +86,8 @@ def run(*, task, work_dir, bert, min_count=1, lowercase=None, force=False):
     for split in ("train", "valid", "test"):
         try:
             pairs = train if split == "train" else task.read(split)
+        except DataError:
+            raise  # A split that is there but malformed fails later: now.
         except (ValueError, FileNotFoundError) as error:
             logging.info("No %s split: %s", split, error)
             continue

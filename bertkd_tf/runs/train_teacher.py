@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from bertkd_tf import locking
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
@@ -123,7 +124,12 @@ def load_teacher(directory, dtype=None):
             f"{config_path} does not describe a CMLMTeacher: "
             f"{type(teacher).__name__}"
         )
-    trainer.load_final_weights(teacher, os.path.join(directory, FINAL_WEIGHTS))
+    trainer.load_final_weights(
+        teacher,
+        os.path.join(directory, FINAL_WEIGHTS),
+        remedy="re-run `bertkd --mode=train_teacher` with the same settings "
+        "(it restores its last checkpoint and writes the file again)",
+    )
     return teacher
 
 
@@ -269,6 +275,7 @@ def run(
     replicas = distribution.num_replicas_in_sync
     output_dir = os.path.join(work_dir, TEACHER_DIR)
     tf.io.gfile.makedirs(output_dir)
+    _lock = locking.hold(output_dir)  # One writer (LockedError otherwise).
 
     vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
 

@@ -17,6 +17,7 @@ from absl import logging
 
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
+from bertkd_tf.errors import MissingInputError
 from bertkd_tf.runs.distill import load_student
 from bertkd_tf.runs.evaluate import VOCAB_DIR
 
@@ -25,7 +26,11 @@ def _read_lines(input_file):
     if input_file in (None, "", "-"):
         return [line.rstrip("\n") for line in sys.stdin]
     if not os.path.exists(input_file):
-        raise FileNotFoundError(f"No input file {input_file!r}.")
+        raise MissingInputError(
+            f"No input file {input_file!r} (translate.run.input_file): give "
+            "the path of an existing text file, one sentence a line, or - to "
+            "read standard input."
+        )
     with open(input_file, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
 

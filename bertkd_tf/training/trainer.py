@@ -8,12 +8,21 @@ Why chunks: the run is a sequence of Keras `fit` calls of
 `checkpoint_every_steps` steps each. The data of a chunk comes from
 `train_dataset_fn(seed_offset=step)`, so the batches a step sees depend only
 on the step: a run killed (even with kill -9) and started again continues
-from its last checkpoint, optimizer state and step count included, and sees
-the same data an uninterrupted run would have seen.
+from its last checkpoint, optimizer state, step count and the state of every
+random generator (the `SeedGenerator`s of dropout) included, and sees the
+same data and draws the same dropout masks an uninterrupted run would have:
+it ends with the same weights, bit for bit.
+
+Damage and leftovers: a checkpoint that fails to restore (a truncated or
+corrupted file) is skipped, with a warning, for the newest one that restores;
+the temporary directories of an interrupted checkpoint write are removed at
+the next start. Final weights files get a SHA-256 sidecar
+(`bertkd_tf.checksums`), checked when they are loaded.
 """
 
 import json
 import os
+import re
 import shutil
 import time
 
@@ -21,7 +30,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from bertkd_tf.atomic_files import write_text_atomic
+from bertkd_tf import checksums
+from bertkd_tf.atomic_files import remove_stale_temporaries, write_text_atomic
+from bertkd_tf.errors import ArtifactError
 
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -47,28 +58,180 @@ def _checkpoint_dir(model_dir, strategy):
     return os.path.join(model_dir, f"workertemp_{task_id}", CHECKPOINT_DIR)
 
 
-def make_checkpoint(model):
-    """The `tf.train.Checkpoint` of a compiled model and its optimizer."""
-    return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+def seed_states(model):
+    """The state variables of every random generator of `model`: the keras
+    `SeedGenerator` of each `Dropout` / `FastDropout` (and any other layer
+    drawing random numbers), in a fixed order (`model.variables`').
+
+    They advance at every training step; a checkpoint without them resumes
+    with the dropout masks of step 0 again, not those an uninterrupted run
+    would draw.
+    """
+    ids = set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", ()):
+            ids.add(id(generator.state))
+    return [v for v in model.variables if id(v) in ids]
+
+
+SEED_STATES = "seed_states"
+
+
+def make_checkpoint(model, with_seed_states=True):
+    """The `tf.train.Checkpoint` of a compiled model, its optimizer and the
+    states of its random generators (`seed_states`, under "seed_states")."""
+    objects = {"model": model, "optimizer": model.optimizer}
+    states = seed_states(model) if with_seed_states else []
+    if states:
+        objects[SEED_STATES] = states
+    return tf.train.Checkpoint(**objects)
+
+
+def _checkpoint_step(prefix):
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match.group(1)) if match else -1
+
+
+def _checkpoint_candidates(directory):
+    """`(prefixes newest first, state_file_readable)`: the checkpoints the
+    state file lists and those whose index file exists (a damaged state
+    file hides none)."""
+    prefixes = set()
+    readable = True
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception as error:  # noqa: BLE001 (a damaged state file)
+        logging.warning(
+            "The checkpoint list %s is damaged (%s); looking for checkpoint "
+            "files instead.",
+            os.path.join(directory, "checkpoint"),
+            error,
+        )
+        state, readable = None, False
+    if state is not None:
+        for path in state.all_model_checkpoint_paths:
+            if not os.path.isabs(path):
+                path = os.path.join(directory, path)
+            prefixes.add(path)
+        if state.model_checkpoint_path:
+            path = state.model_checkpoint_path
+            if not os.path.isabs(path):
+                path = os.path.join(directory, path)
+            prefixes.add(path)
+    for name in tf.io.gfile.listdir(directory):
+        if name.endswith(".index"):
+            prefixes.add(os.path.join(directory, name[: -len(".index")]))
+    newest_first = sorted(prefixes, key=_checkpoint_step, reverse=True)
+    return newest_first, readable
+
+
+def _has_seed_states(prefix):
+    names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    return any(name.startswith(SEED_STATES + "/") for name in names)
+
+
+def _restore(model, prefix):
+    """Restores one checkpoint (raises if it is damaged or mismatched)."""
+    with_seeds = _has_seed_states(prefix)
+    if not with_seeds and seed_states(model):
+        logging.warning(
+            "%s holds no random generator states (written before they were "
+            "checkpointed): the run resumes with fresh dropout seeds, so it "
+            "will not equal an uninterrupted run bit for bit.",
+            prefix,
+        )
+    checkpoint = make_checkpoint(model, with_seed_states=with_seeds)
+    checkpoint.restore(prefix).assert_existing_objects_matched()
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 def restore_latest(model, model_dir):
-    """Restores the newest checkpoint under `model_dir`; returns its step.
+    """Restores the newest intact checkpoint under `model_dir`; returns its
+    step.
 
     The model must be built and compiled. Returns 0 (and changes nothing)
-    when there is no checkpoint yet.
+    when there is no checkpoint yet. A checkpoint that fails to restore (a
+    truncated, corrupted or empty file) is skipped with a warning naming it
+    and the one used instead; the checkpoint list is then rewritten (by the
+    chief) to end at the one used, so the run continues from there.
+
+    Raises:
+        ArtifactError: there are checkpoints, but none restores.
     """
     directory = os.path.join(model_dir, CHECKPOINT_DIR)
-    latest = tf.train.latest_checkpoint(directory)
-    if latest is None:
+    if not tf.io.gfile.isdir(directory):
+        return 0
+    candidates, state_readable = _checkpoint_candidates(directory)
+    if not candidates:
         return 0
     strategy = model.distribute_strategy
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
-    make_checkpoint(model).restore(latest).assert_existing_objects_matched()
-    step = int(model.optimizer.iterations.numpy())
-    logging.info("Restored %s (step %d).", latest, step)
-    return step
+    damaged = []
+    for prefix in candidates:
+        try:
+            _restore(model, prefix)
+        except Exception as error:  # noqa: BLE001 (any damage: skip it)
+            logging.warning(
+                "Checkpoint %s is damaged or unreadable (%s); trying the "
+                "next older one.",
+                prefix,
+                _first_line(error),
+            )
+            damaged.append((prefix, error))
+            continue
+        step = int(model.optimizer.iterations.numpy())
+        if damaged:
+            logging.warning(
+                "Skipped the damaged checkpoint(s) %s; resuming from %s "
+                "(step %d) instead.",
+                ", ".join(p for p, _ in damaged),
+                prefix,
+                step,
+            )
+        if (damaged or not state_readable) and _is_chief(strategy):
+            kept = [p for p in candidates if p not in dict(damaged)]
+            tf.compat.v1.train.update_checkpoint_state(
+                directory,
+                prefix,
+                all_model_checkpoint_paths=sorted(
+                    (p for p in kept if _checkpoint_step(p) <= step),
+                    key=_checkpoint_step,
+                ),
+            )
+        logging.info("Restored %s (step %d).", prefix, step)
+        return step
+    newest, error = damaged[0]
+    raise ArtifactError(
+        f"None of the {len(candidates)} checkpoint(s) in {directory} can be "
+        f"restored (the newest, {os.path.basename(newest)}: "
+        f"{_first_line(error)}). If the files are damaged, restore the "
+        f"directory from a backup, or delete {directory} to train from "
+        "scratch; if the model's settings changed since they were written, "
+        "use the old settings or another output directory."
+    )
+
+
+def remove_leftovers(model_dir):
+    """Removes what interrupted writes left in `model_dir`: checkpoint
+    temporaries (`checkpoints/ckpt-N_temp/`) and temporary weights and text
+    files of dead processes. Call before training (only the chief writes
+    there). Returns the removed paths."""
+    removed = remove_stale_temporaries(
+        os.path.join(model_dir, CHECKPOINT_DIR),
+        r".+_temp",
+        "unfinished checkpoint",
+    )
+    removed += remove_stale_temporaries(
+        model_dir,
+        r"tmp-.+\.weights\.h5|.+\.tmp-(?P<pid>\d+)",
+        "unfinished file",
+    )
+    return removed
 
 
 class _StepLogger(keras.callbacks.Callback):
@@ -88,6 +251,18 @@ class _StepLogger(keras.callbacks.Callback):
                 tf.summary.scalar(f"train/{name}", float(value))
             learning_rate = self.model.optimizer.learning_rate
             tf.summary.scalar("train/learning_rate", float(learning_rate))
+
+
+def _drop_history_after(history_path, step):
+    """Drops the records of steps after `step` (a run resumed from an
+    older checkpoint than its last one writes them again)."""
+    if not os.path.exists(history_path):
+        return
+    with open(history_path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        write_text_atomic(history_path, "".join(kept))
 
 
 def _read_elapsed(history_path):
@@ -165,14 +340,20 @@ def fit_resumable(
     strategy = model.distribute_strategy
     chief = _is_chief(strategy)
     tf.io.gfile.makedirs(model_dir)
+    if chief:
+        remove_leftovers(model_dir)
 
+    # Restored first: it repairs a damaged checkpoint list, which the
+    # manager reads.
+    step = restore_latest(model, model_dir)
     checkpoint = make_checkpoint(model)
     checkpoint_dir = _checkpoint_dir(model_dir, strategy)
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints
     )
-    step = restore_latest(model, model_dir)
     history_path = os.path.join(model_dir, HISTORY_FILE)
+    if step and chief:
+        _drop_history_after(history_path, step)
     elapsed = _read_elapsed(history_path) if step else 0.0
     if step == 0 and chief and os.path.exists(history_path):
         os.remove(history_path)  # A fresh start: drop a stale history.
@@ -237,36 +418,84 @@ def fit_resumable(
 
 def save_final(model, directory, config_file, weights_file):
     """Writes a trained model for inference: its Keras config as JSON and
-    its weights (`.weights.h5`), without optimizer state, each to a
-    temporary name first and then renamed, so a crash never leaves a
-    half-written file under the final name.
+    its weights (`.weights.h5`, with a SHA-256 sidecar: `write_weights`),
+    without optimizer state, each to a temporary name first and then
+    renamed, so a crash never leaves a half-written file under the final
+    name.
 
     Under a multi-worker strategy only the chief writes.
     """
     if not _is_chief(model.distribute_strategy):
         return
-    from keras.src.saving import saving_lib
-
     write_text_atomic(
         os.path.join(directory, config_file),
         json.dumps(keras.saving.serialize_keras_object(model)),
     )
-    weights_path = os.path.join(directory, weights_file)
-    temporary = os.path.join(directory, "tmp-" + weights_file)
+    write_weights(model, os.path.join(directory, weights_file))
+
+
+def write_weights(model, path):
+    """Writes `model`'s weights (no optimizer state) to `path`, a
+    `.weights.h5` file, atomically, and records its SHA-256 in
+    `path + ".sha256"` (`bertkd_tf.checksums`); returns the digest.
+
+    Order: the complete file under a temporary name, its digest, the old
+    sidecar removed, the rename, the new sidecar. A crash at any point
+    leaves the old file and sidecar, or the new file without a sidecar
+    (loaded with a warning), never a file that fails its check.
+    """
+    from keras.src.saving import saving_lib
+
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, "tmp-" + name)
     saving_lib.save_weights_only(
         model, temporary, objects_to_skip=_optimizer_of(model)
     )
-    os.replace(temporary, weights_path)
+    digest = checksums.sha256_of_file(temporary)
+    sidecar = checksums.checksum_path(path)
+    if os.path.exists(sidecar):
+        os.remove(sidecar)
+    os.replace(temporary, path)
+    checksums.write_checksum(path, digest)
+    return digest
 
 
-def load_final_weights(model, path):
-    """Loads weights written by `save_final` (optimizer state not expected,
-    even when `model` is compiled)."""
+def load_final_weights(model, path, remedy=None):
+    """Loads weights written by `save_final` / `write_weights` (optimizer
+    state not expected, even when `model` is compiled), after checking the
+    file against its recorded SHA-256 (a file without one loads with a
+    warning).
+
+    Args:
+        model: the built model to load into.
+        path: the `.weights.h5` file.
+        remedy: what to tell the user to do when the file is missing or
+            damaged, e.g. "re-run `bertkd --mode=train_teacher` with the same
+            settings"; a general hint by default.
+
+    Raises:
+        MissingArtifactError: no file at `path`.
+        ArtifactError: the file is damaged (its digest differs from the
+            recorded one, or it cannot be read as weights of `model`).
+    """
     from keras.src.saving import saving_lib
 
-    saving_lib.load_weights_only(
-        model, path, objects_to_skip=_optimizer_of(model)
-    )
+    checksums.verify_file(path, remedy)
+    try:
+        saving_lib.load_weights_only(
+            model, path, objects_to_skip=_optimizer_of(model)
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ArtifactError(
+            f"Cannot load the weights in {path}: {_first_line(error)}. The "
+            "file is damaged (truncated?) or belongs to another model "
+            "configuration: "
+            + (
+                remedy
+                or "re-run the stage that wrote it with the same settings"
+            )
+            + "."
+        ) from error
 
 
 def _optimizer_of(model):

@@ -16,6 +16,7 @@ from bertkd_tf.data.teacher_targets import (
 )
 from bertkd_tf.data.text_pairs import read_text_pairs
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.errors import ArtifactError
 from bertkd_tf.runs import dump_teacher
 
 K = 8
@@ -70,10 +71,10 @@ def _write_dump(
                 )
             )
         name = dump_teacher.shard_name(s, shards)
-        size = dump_teacher._write_records(
+        info = dump_teacher._write_records(
             os.path.join(directory, name), records
         )
-        manifest["shards"][name] = {"pairs": len(records), "bytes": size}
+        manifest["shards"][name] = {"pairs": len(records), **info}
     with open(os.path.join(directory, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return directory
@@ -214,7 +215,7 @@ def test_other_vocabulary_or_incomplete_refused(
     )
     with pytest.raises(ValueError, match="another task vocabulary"):
         TeacherTargets.load(directory, vocabulary=other)
-    with pytest.raises(ValueError, match="not the expected"):
+    with pytest.raises(ArtifactError, match="another teacher"):
         TeacherTargets.load(directory, teacher_fingerprint="0" * 64)
     partial = _write_dump(
         str(tmp_path / "p"), tokenized, tiny_vocab, complete=False
@@ -225,3 +226,123 @@ def test_other_vocabulary_or_incomplete_refused(
     assert len(half) == 20
     with pytest.raises(FileNotFoundError, match="dump_teacher"):
         TeacherTargets.load(str(tmp_path / "none"))
+
+
+# Fingerprints and damaged shards (issue 16) -----------------------------------
+
+
+def test_other_teacher_or_data_refused_naming_both_fingerprints(
+    tmp_path, tokenized, tiny_vocab
+):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    with pytest.raises(ArtifactError) as error:
+        attach_teacher_targets(
+            tokenized.to_dataset(),
+            directory,
+            teacher_fingerprint="0" * 64,
+            teacher_dir="/w/teacher",
+        )
+    message = str(error.value)
+    assert "t" * 64 in message and "0" * 64 in message
+    assert "/w/teacher" in message and "targets_dir" in message
+    # Same ids and lengths, other tokens: only the data fingerprint sees it.
+    other = TokenizedPairs(
+        tokenized.ids,
+        tokenized.source,
+        tf.ragged.map_flat_values(lambda v: v + 1, tokenized.target),
+    )
+    other_fingerprint = dump_teacher.data_fingerprint(other)
+    with pytest.raises(ArtifactError, match="other pairs") as error:
+        attach_teacher_targets(
+            other.to_dataset(), directory, data_fingerprint=other_fingerprint
+        )
+    assert other_fingerprint in str(error.value)
+    assert dump_teacher.data_fingerprint(tokenized) in str(error.value)
+    attach_teacher_targets(
+        tokenized.to_dataset(),
+        directory,
+        vocabulary=tiny_vocab,
+        teacher_fingerprint="t" * 64,
+        data_fingerprint=dump_teacher.data_fingerprint(tokenized),
+    )
+
+
+def _rewrite_manifest(directory, change):
+    path = os.path.join(directory, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    change(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+
+
+def test_old_manifest_without_fingerprints_or_digests_warns(
+    tmp_path, tokenized, tiny_vocab, caplog
+):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+
+    def make_old(manifest):
+        for key in ("teacher_fingerprint", "data_fingerprint"):
+            del manifest[key]
+        for info in manifest["shards"].values():
+            del info["sha256"]
+
+    _rewrite_manifest(directory, make_old)
+    with caplog.at_level("WARNING"):
+        targets = TeacherTargets.load(
+            directory,
+            vocabulary=tiny_vocab,
+            teacher_fingerprint="0" * 64,
+            data_fingerprint="1" * 64,
+        )
+    assert len(targets) == 40
+    warnings = caplog.text
+    for field in ("teacher fingerprint", "data fingerprint", "shard digests"):
+        assert f"records no {field}" in warnings, field
+
+
+def _damage(path, how):
+    with open(path, "r+b") as f:
+        if how == "truncate":
+            f.truncate(os.path.getsize(path) - 7)
+        else:  # flip one bit in the middle of a record's payload
+            f.seek(os.path.getsize(path) // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.mark.parametrize(
+    "how, what",
+    [("truncate", r"bytes, the manifest records"), ("flip", "sha256")],
+)
+def test_damaged_shard_refused_naming_it(
+    tmp_path, tokenized, tiny_vocab, how, what
+):
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+    assert len(TeacherTargets.load(directory)) == 40  # digests now cached
+    shard = os.path.join(directory, dump_teacher.shard_name(1, 2))
+    _damage(shard, how)
+    with pytest.raises(ArtifactError, match=what) as error:
+        TeacherTargets.load(directory)
+    message = str(error.value)
+    assert shard in message
+    assert "re-run dump_teacher with the same command" in message.lower()
+
+
+def test_unreadable_shard_of_old_dump_refused_naming_it(
+    tmp_path, tokenized, tiny_vocab
+):
+    """Without recorded digests, a bit flip is still reported by name."""
+    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
+
+    def make_old(manifest):
+        for info in manifest["shards"].values():
+            del info["sha256"]
+
+    _rewrite_manifest(directory, make_old)
+    shard = os.path.join(directory, dump_teacher.shard_name(0, 2))
+    _damage(shard, "flip")
+    with pytest.raises(ArtifactError, match="cannot be read") as error:
+        TeacherTargets.load(directory)
+    assert shard in str(error.value)

@@ -62,6 +62,19 @@ LOADER = textwrap.dedent(
         )
         answer[name] = {k: v.numpy().tolist() for k, v in out.items()}
         answer[name]["shape"] = out["token_ids"].shape.as_list()
+    for name, (token_ids, shape, mask, mask_shape) in request.get(
+            "bad_ids", {}).items():
+        try:
+            ids(
+                encoder_token_ids=tf.reshape(
+                    tf.constant(token_ids, tf.int32), shape),
+                encoder_padding_mask=tf.reshape(
+                    tf.constant(mask, tf.int32), mask_shape),
+            )
+            answer[name] = {"error": None}
+        except Exception as error:  # noqa: BLE001
+            answer[name] = {"error": type(error).__name__,
+                            "message": getattr(error, "message", str(error))}
     answer["imported_bertkd_tf"] = any(
         m.startswith("bertkd_tf") for m in sys.modules)
     print("ANSWER" + json.dumps(answer))
@@ -185,6 +198,18 @@ def exported(tmp_path_factory):
             "ids_empty_batch": [[], [], [0, 3]],
             "ids_no_columns": [[], [], [2, 0]],
         },
+        # Bad inputs: (ids, shape, mask, mask shape).
+        "bad_ids": {
+            "negative_id": [[5, -1, 3], [1, 3], [1, 1, 1], [1, 3]],
+            "id_too_large": [
+                [5, vocabulary.size, 3],
+                [1, 3],
+                [1, 1, 1],
+                [1, 3],
+            ],
+            "short_mask": [[5, 6, 3, 0], [2, 2], [1, 1, 1], [1, 3]],
+            "long_mask": [[5, 6, 3], [1, 3], [1, 1, 1, 0], [1, 4]],
+        },
     }
     answer = run_loader(path, request)
     return path, model, vocabulary, source_ids, answer
@@ -266,6 +291,30 @@ def test_empty_strings_and_empty_batches(exported):
     # Two rows without any column: two empty outputs.
     assert answer["ids_no_columns"]["scores"] == [0.0, 0.0]
     assert answer["ids_no_columns"]["shape"] == [2, 0]
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("negative_id", "encoder_token_ids has a negative id; ids must be"),
+        ("id_too_large", "encoder_token_ids has an id >= {size}; ids must be"),
+        ("short_mask", "encoder_padding_mask must have the shape of"),
+        ("long_mask", "encoder_padding_mask must have the shape of"),
+    ],
+)
+def test_serve_token_ids_refuses_bad_inputs_with_a_clear_message(
+    exported, case, expected
+):
+    _, _, vocabulary, _, answer = exported
+    assert answer[case]["error"] == "InvalidArgumentError"
+    message = answer[case]["message"]
+    assert "serve_token_ids: " + expected.format(size=vocabulary.size) in (
+        message
+    )
+    if "ids must be" in expected:
+        assert f"task vocabulary ids in [0, {vocabulary.size})" in message
+    else:
+        assert "encoder_token_ids, [batch, length]" in message
 
 
 def test_saved_model_cli_show_and_run(exported):

@@ -141,8 +141,11 @@ def test_bfloat16_is_close_to_float32():
     )
     assert got.dtype == tf.float32
     assert got_grads[0].dtype == tf.bfloat16
-    # Logits of a few units: the bfloat16 softmax costs ~2^-9 nats.
-    np.testing.assert_allclose(got, want, atol=0.03)
+    # The logits are bfloat16 (8 significant bits): each is off by up to
+    # |logit| * 2^-8, and so is the loss, which is of the logits' size. Where
+    # oneDNN rounds the matmul's output to bfloat16 (AVX2 CPUs without AMX),
+    # that is ~0.7% of a loss of 10; with AMX it stays under 0.03 absolute.
+    np.testing.assert_allclose(got, want, rtol=1e-2, atol=0.03)
     for g, w in zip(got_grads, want_grads):
         g = tf.cast(g, "float32")
         assert float(tf.norm(g - w) / tf.norm(w)) < 1e-2

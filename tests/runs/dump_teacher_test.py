@@ -1,8 +1,13 @@
 """dump_teacher: circular masks, top-K equal to direct passes, resume."""
 
+import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -16,6 +21,7 @@ from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 from bertkd_tf.runs import dump_teacher, train_teacher
 
 K = 8
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 TINY_CORPUS = os.path.join(FIXTURES, "tiny_de_en")
 TINY_BERT_VOCAB = os.path.join(FIXTURES, "bert_vocab_uncased.txt")
@@ -268,6 +274,11 @@ def test_manifest_and_shards(dumped):
     assert manifest["bytes"] == sum(
         os.path.getsize(os.path.join(output_dir, n)) for n in names
     )
+    for name in names:
+        with open(os.path.join(output_dir, name), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        assert manifest["shards"][name]["sha256"] == digest, name
+    assert manifest["teacher_dir"] == "teacher"  # relative to work_dir
     assert not [n for n in os.listdir(output_dir) if ".tmp-" in n]
 
 
@@ -389,3 +400,177 @@ def test_mode_through_gin(dumped, tmp_path):
             open(os.path.join(dumped["work_dir"], "targets", name), "rb") as b,
         ):
             assert a.read() == b.read(), name
+
+
+# Byte-identical dumps, damaged shards (issue 16) ----------------------------
+
+
+def _digests(directory):
+    """sha256 of every shard and of the manifest of a targets directory."""
+    names = sorted(
+        n
+        for n in os.listdir(directory)
+        if n.endswith(".tfrecord") or n == "manifest.json"
+    )
+    digests = {}
+    for name in names:
+        with open(os.path.join(directory, name), "rb") as f:
+            digests[name] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def _copy_work_dir(dumped, tmp_path, parts=("vocab", "teacher", "targets")):
+    work_dir = str(tmp_path / "work")
+    for part in parts:
+        shutil.copytree(
+            os.path.join(dumped["work_dir"], part),
+            os.path.join(work_dir, part),
+        )
+    return work_dir
+
+
+def _damage(path, how):
+    with open(path, "r+b") as f:
+        if how == "truncate":
+            f.truncate(os.path.getsize(path) // 2)
+        else:  # flip one bit in the middle: same size, other bytes
+            f.seek(os.path.getsize(path) // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x10]))
+
+
+def _recording_writes(monkeypatch):
+    written = []
+    write = dump_teacher._write_records
+    monkeypatch.setattr(
+        dump_teacher,
+        "_write_records",
+        lambda path, records: (
+            written.append(os.path.basename(path)) or write(path, records)
+        ),
+    )
+    return written
+
+
+def test_rerun_rewrites_damaged_shards_byte_identical(
+    dumped, tmp_path, monkeypatch, caplog
+):
+    work_dir = _copy_work_dir(dumped, tmp_path)
+    output_dir = os.path.join(work_dir, "targets")
+    truncated = os.path.join(output_dir, dump_teacher.shard_name(1, 3))
+    flipped = os.path.join(output_dir, dump_teacher.shard_name(2, 3))
+    _damage(truncated, "truncate")
+    _damage(flipped, "flip")
+    written = _recording_writes(monkeypatch)
+    with caplog.at_level("WARNING"):
+        result = _dump(work_dir, dumped["corpus"])
+    assert result["complete"] is True
+    assert written == [dump_teacher.shard_name(s, 3) for s in (1, 2)]
+    for path in (truncated, flipped):
+        assert f"{path} is damaged" in caplog.text
+        assert "writing it again" in caplog.text
+    reference = _digests(os.path.join(dumped["work_dir"], "targets"))
+    assert _digests(output_dir) == reference
+    assert len(reference) == 4  # 3 shards and the manifest
+
+
+def test_rerun_of_older_dump_checks_records_and_records_digests(
+    dumped, tmp_path, monkeypatch
+):
+    """A manifest without digests: sound shards kept, damaged ones rewritten."""
+    work_dir = _copy_work_dir(dumped, tmp_path)
+    output_dir = os.path.join(work_dir, "targets")
+    path = os.path.join(output_dir, "manifest.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    for info in manifest["shards"].values():
+        del info["sha256"]
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    _damage(os.path.join(output_dir, dump_teacher.shard_name(0, 3)), "flip")
+    written = _recording_writes(monkeypatch)
+    _dump(work_dir, dumped["corpus"])
+    assert written == [dump_teacher.shard_name(0, 3)]
+    reference = _digests(os.path.join(dumped["work_dir"], "targets"))
+    assert _digests(output_dir) == reference
+
+
+# Started with `python -c`: the `bertkd` binary, whose second shard write
+# leaves half a shard in its temporary file, says so and waits to be killed.
+_HANG_IN_SECOND_SHARD = """
+import os, sys, time
+from bertkd_tf.runs import dump_teacher
+write = dump_teacher._write_records
+calls = []
+def write_or_hang(path, records):
+    calls.append(path)
+    if len(calls) == 2:
+        with open(f"{path}.tmp-{os.getpid()}", "wb") as f:
+            f.write(b"".join(records[: len(records) // 2]))
+        open(os.environ["BERTKD_TEST_READY"], "w").close()
+        time.sleep(600)
+    return write(path, records)
+dump_teacher._write_records = write_or_hang
+from bertkd_tf.main import console_main
+console_main()
+"""
+
+
+@pytest.mark.slow
+def test_killed_dump_resumed_in_other_processes_is_byte_identical(
+    dumped, tmp_path
+):
+    """kill -9 after the first shard, rerun: every shard and the manifest
+    are byte-identical to the dump made in this (another) process."""
+    output_dir = str(tmp_path / "targets")
+    flags = [
+        "--mode=dump_teacher",
+        "--gin_file=gin/experiments/multi30k_de_en_dump.gin",
+        f"--gin_bindings=DATA_DIR='{dumped['corpus']}'",
+        f"--gin_bindings=WORK_DIR='{dumped['work_dir']}'",
+        "--gin_bindings=MIXED_PRECISION=False",
+        "--gin_bindings=TOKENS_PER_BATCH=2048",
+        "--gin_bindings=dump_teacher.run.pairs_per_shard=16",
+        f"--gin_bindings=dump_teacher.run.output_dir='{output_dir}'",
+    ]
+    ready = str(tmp_path / "ready")
+    env = dict(os.environ, BERTKD_TEST_READY=ready, TF_CPP_MIN_LOG_LEVEL="2")
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _HANG_IN_SECOND_SHARD, *flags],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.time() + 120
+            while not os.path.exists(ready):
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, "the dump never got to shard 2"
+                time.sleep(0.05)
+            process.send_signal(signal.SIGKILL)
+            assert process.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    with open(os.path.join(output_dir, "manifest.json")) as f:
+        assert sorted(json.load(f)["shards"]) == [dump_teacher.shard_name(0, 3)]
+    assert [n for n in os.listdir(output_dir) if ".tmp-" in n]
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "bertkd_tf.main", *flags],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not [n for n in os.listdir(output_dir) if ".tmp-" in n]
+    reference = _digests(os.path.join(dumped["work_dir"], "targets"))
+    assert len(reference) == 4  # 3 shards and the manifest
+    assert _digests(output_dir) == reference

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bertkd_tf import checksums
+from bertkd_tf.errors import ArtifactError
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.runs import distill
@@ -22,7 +24,9 @@ average_checkpoints = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(average_checkpoints)
 
 
-def test_average_equals_mean_of_checkpoints(tmp_path):
+def _model_dir_with_checkpoints(tmp_path):
+    """Checkpoints 1-4 of random student weights and the student config;
+    returns `(model_dir, [weights of checkpoint 1, ..., 4])`."""
     model_dir = str(tmp_path)
     student = TransformerSeq2Seq(
         TransformerSeq2SeqBackbone(
@@ -51,7 +55,11 @@ def test_average_equals_mean_of_checkpoints(tmp_path):
         manager.save(checkpoint_number=step)
         saved.append(values)
     distill.save_student(student, model_dir)
+    return model_dir, saved
 
+
+def test_average_equals_mean_of_checkpoints(tmp_path):
+    model_dir, saved = _model_dir_with_checkpoints(tmp_path)
     output, paths = average_checkpoints.average_checkpoints(model_dir, 3)
     assert [os.path.basename(p) for p in paths] == [
         "ckpt-2",
@@ -64,6 +72,22 @@ def test_average_equals_mean_of_checkpoints(tmp_path):
     for i, w in enumerate(averaged.weights):
         expected = np.mean([s[i] for s in saved[1:]], axis=0)
         np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_averaged_weights_have_a_checksum(tmp_path):
+    model_dir, _ = _model_dir_with_checkpoints(tmp_path)
+    output, _ = average_checkpoints.average_checkpoints(model_dir, 2)
+    assert output == os.path.join(model_dir, "averaged.weights.h5")
+    with open(output + ".sha256") as f:
+        assert f.read() == (
+            f"{checksums.sha256_of_file(output)}  averaged.weights.h5\n"
+        )
+    assert not [n for n in os.listdir(model_dir) if "tmp" in n]
+    data = bytearray(open(output, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(output, "wb").write(bytes(data))
+    with pytest.raises(ArtifactError, match="averaged.weights.h5"):
+        distill.load_student(model_dir, weights_file="averaged.weights.h5")
 
 
 def test_no_checkpoints_raises(tmp_path):
