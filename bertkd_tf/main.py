@@ -11,6 +11,10 @@ and range (`settings.RULES`). Expected failures (`errors.BertkdError`, such
 as a bad setting, malformed data, a missing artifact or a locked output
 directory, and `OSError`) print one paragraph, saying what was wrong, where
 and what to do, and exit with status 2; `--verbosity=1` adds the traceback.
+So does a `ValueError` / `KeyError` raised by one of this package's own
+checks (its message names the bad value; the paragraph adds where it was
+raised); one raised inside TensorFlow or Keras is a bug and keeps its
+traceback.
 
 Example:
   bertkd --mode=prepare \
@@ -124,6 +128,30 @@ def _unwrap_gin_proxy(error):
     return error
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _raised_by_our_checks(error):
+    """`(file, line)` where a `ValueError` / `KeyError` was raised if that is
+    inside this package (an argument or data check of ours, whose message
+    says what was wrong), else None (raised inside TensorFlow, Keras or
+    another library: a bug, which keeps its traceback)."""
+    error = _unwrap_gin_proxy(error)
+    if not isinstance(error, (ValueError, KeyError)):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return None
+    innermost = frames[-1]
+    if not os.path.abspath(innermost.filename).startswith(
+        _PACKAGE_DIR + os.sep
+    ):
+        return None
+    return os.path.relpath(innermost.filename, os.path.dirname(_PACKAGE_DIR)), (
+        innermost.lineno
+    )
+
+
 def _report(error):
     """Prints an expected failure as one paragraph; exits with status 2.
 
@@ -137,8 +165,16 @@ def _report(error):
     error = _unwrap_gin_proxy(error)
     if isinstance(error, OSError) and not isinstance(error, BertkdError):
         message = _describe_os_error(error)
-    else:
+    elif isinstance(error, BertkdError):
         message = str(error)
+    else:  # A ValueError / KeyError of one of our checks.
+        where, line = _raised_by_our_checks(error)
+        text = str(error.args[0]) if error.args else type(error).__name__
+        message = (
+            f"{text} (a {type(error).__name__} raised at {where}:{line}: "
+            "change the setting or input it names; --verbosity=1 shows the "
+            "traceback)"
+        )
     _fail(message)
 
 
@@ -493,6 +529,12 @@ def _main(argv):
     except (BertkdError, OSError) as error:
         # Expected failures (bad file, bad value, missing artifact, I/O
         # error): one paragraph, exit 2; the traceback only with -v 1.
+        _report(error)
+    except (ValueError, KeyError) as error:
+        # Raised by one of this package's own checks: an expected failure
+        # too; raised inside TensorFlow / Keras: a bug, with its traceback.
+        if _raised_by_our_checks(error) is None:
+            raise
         _report(error)
 
 

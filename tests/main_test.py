@@ -422,3 +422,28 @@ def test_binary_bad_value_exit_2_traceback_only_with_verbosity():
     assert verbose.returncode == 2
     assert "Traceback (most recent call last)" in verbose.stderr
     assert "must be an int >= 1; got 'abc'" in _paragraph(verbose.stderr)
+
+
+def test_value_error_of_our_own_checks_is_one_paragraph(capsys, monkeypatch):
+    from bertkd_tf.data.batching import TokenBudgetBatcher
+
+    def run_mode(*args, **kwargs):
+        TokenBudgetBatcher(1, [8])  # Raises inside bertkd_tf/data/.
+
+    monkeypatch.setattr(main, "run_mode", run_mode)
+    status, stderr = _main_in_process(capsys, "distill", [DISTILL], [])
+    assert status == 2 and "Traceback" not in stderr
+    message = _paragraph(stderr)
+    assert "tokens_per_batch=1 cannot hold one example" in message
+    assert "bertkd_tf/data/batching.py:" in message
+
+
+def test_value_error_from_outside_the_package_keeps_its_traceback(
+    capsys, monkeypatch
+):
+    def run_mode(*args, **kwargs):
+        raise ValueError("a bug elsewhere")
+
+    monkeypatch.setattr(main, "run_mode", run_mode)
+    with pytest.raises(ValueError, match="a bug elsewhere"):
+        _main_in_process(capsys, "distill", [DISTILL], [])

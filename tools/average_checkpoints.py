@@ -8,7 +8,7 @@ the `checkpoints/` that `distill` keeps (the last `keep_checkpoints`), and
 writes the element-wise mean of the student's weights as a Keras weights
 file (default `<model_dir>/averaged.weights.h5`), atomically, with its
 SHA-256 in `averaged.weights.h5.sha256` (checked when loaded). Load it with
-`bertkd_tf.runs.distill.load_student(model_dir,
+`bertkd_tf.artifacts.load_student(model_dir,
 weights_file="averaged.weights.h5")`. Optimizer state is not averaged.
 """
 
@@ -21,7 +21,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bertkd_tf.runs import distill  # noqa: E402
+from bertkd_tf import artifacts  # noqa: E402
 from bertkd_tf.training import trainer  # noqa: E402
 
 MODEL_DIR = flags.DEFINE_string("model_dir", None, "e.g. WORK_DIR/student.")
@@ -59,7 +59,7 @@ def checkpoint_paths(model_dir, num_checkpoints):
 def average_checkpoints(model_dir, num_checkpoints, output=None):
     """Writes the averaged student weights; returns `(output, paths)`."""
     paths = checkpoint_paths(model_dir, num_checkpoints)
-    student = distill.student_from_config(model_dir)
+    student = artifacts.student_from_config(model_dir)
     holder = _Holder(student)
     total = None
     for path in paths:

@@ -20,9 +20,8 @@ from absl import app, flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bertkd_tf.data.task_vocabulary import TaskVocabulary  # noqa: E402
+from bertkd_tf.artifacts import load_student, load_vocabulary  # noqa: E402
 from bertkd_tf.decoding.generator import Generator  # noqa: E402
-from bertkd_tf.runs.distill import load_student  # noqa: E402
 
 WORK_DIR = flags.DEFINE_string("work_dir", None, "Pipeline work directory.")
 MODEL_DIR = flags.DEFINE_string("model_dir", "student", "Under work_dir.")
@@ -40,7 +39,7 @@ flags.mark_flags_as_required(["work_dir", "source_file"])
 
 def main(argv):
     del argv
-    vocabulary = TaskVocabulary.load(os.path.join(WORK_DIR.value, "vocab"))
+    vocabulary = load_vocabulary(WORK_DIR.value)
     model = load_student(os.path.join(WORK_DIR.value, MODEL_DIR.value))
     with open(SOURCE_FILE.value, encoding="utf-8") as f:
         sources = [line.strip() for line in f][: MAX_SENTENCES.value]

@@ -20,10 +20,9 @@ import gin
 import tensorflow as tf
 from absl import app, flags
 
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.artifacts import load_vocabulary, student_from_config
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.metrics.bleu import sacre_bleu, tokenized_bleu
-from bertkd_tf.runs.distill import student_from_config
 
 WORK_DIR = flags.DEFINE_string("work_dir", None, "Pipeline work dir.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Corpus directory.")
@@ -98,7 +97,7 @@ def curve(task, vocab, model_dir):
 
 def main(_):
     task = _task()
-    vocab = TaskVocabulary.load(os.path.join(WORK_DIR.value, "vocab"))
+    vocab = load_vocabulary(WORK_DIR.value)
     curves = {}
     for path in PREVIOUS.value:
         with open(path) as f:

@@ -38,11 +38,10 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bertkd_tf import artifacts  # noqa: E402
 from bertkd_tf.atomic_files import write_text_atomic  # noqa: E402
-from bertkd_tf.data.task_vocabulary import TaskVocabulary  # noqa: E402
 from bertkd_tf.decoding.generator import Generator  # noqa: E402
 from bertkd_tf.metrics.bleu import sacre_bleu, tokenized_bleu  # noqa: E402
-from bertkd_tf.runs import distill  # noqa: E402
 from bertkd_tf.training import trainer  # noqa: E402
 from bertkd_tf.training.convergence import plateau  # noqa: E402
 
@@ -112,8 +111,8 @@ class Scorer:
     """Decodes the valid split with a student's weights and scores BLEU."""
 
     def __init__(self, work_dir, model_dir, task):
-        self.vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
-        self.student = distill.student_from_config(model_dir)
+        self.vocab = artifacts.load_vocabulary(work_dir)
+        self.student = artifacts.student_from_config(model_dir)
         self.holder = tf.train.Checkpoint(
             model=tf.train.Checkpoint(student=self.student)
         )
@@ -251,7 +250,10 @@ def select(task):
     final_dir = model_dir + FINAL_SUFFIX
     tf.io.gfile.makedirs(final_dir)
     trainer.save_final(
-        scorer.student, final_dir, distill.STUDENT_CONFIG, distill.FINAL_WEIGHTS
+        scorer.student,
+        final_dir,
+        artifacts.STUDENT_CONFIG,
+        artifacts.FINAL_WEIGHTS,
     )
     selection = {
         "chosen": chosen,

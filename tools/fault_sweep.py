@@ -43,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bertkd_tf import locking  # noqa: E402
+from bertkd_tf.artifacts import VOCAB_DIR  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "tests", "fixtures", "tiny_de_en")
 
@@ -191,7 +192,7 @@ def faults(sweep, base):
     if status:
         raise SystemExit(f"reference distill failed:\n{output[-3000:]}")
     shutil.copytree(
-        os.path.join(reference, "vocab"), os.path.join(work, "vocab")
+        os.path.join(reference, VOCAB_DIR), os.path.join(work, VOCAB_DIR)
     )
 
     # kill -9 of the teacher, then the same command.
@@ -357,7 +358,8 @@ def bad_inputs(sweep, base, reference, jobs):
     empty = os.path.join(base, "empty")
     vocab_only = os.path.join(base, "vocab_only")
     shutil.copytree(
-        os.path.join(reference, "vocab"), os.path.join(vocab_only, "vocab")
+        os.path.join(reference, VOCAB_DIR),
+        os.path.join(vocab_only, VOCAB_DIR),
     )
     a_file = os.path.join(base, "a_file")
     open(a_file, "w").write("x")
@@ -431,6 +433,15 @@ def bad_inputs(sweep, base, reference, jobs):
             "TOKENS_PER_BATCH=0",
             ("train_teacher", empty, ["TOKENS_PER_BATCH=0"]),
             ["TOKENS_PER_BATCH"],
+        ),
+        (
+            "TOKENS_PER_BATCH=10, below the longest example",
+            (
+                "distill",
+                reference,
+                ["TOKENS_PER_BATCH=10", "DISTILLATION_WEIGHT=0.0"],
+            ),
+            ["tokens_per_batch=10", "batching.py"],
         ),
         (
             "corpus directory that does not exist",

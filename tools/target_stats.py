@@ -31,9 +31,9 @@ import os
 import gin
 from absl import app, flags
 
+from bertkd_tf import artifacts
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.target_statistics import aligned_rows, choose, statistics
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.teacher_targets import TeacherTargets
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
 
@@ -41,7 +41,9 @@ WORK_DIR = flags.DEFINE_string("work_dir", None, "Pipeline work dir.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "Corpus directory.")
 TASK_GIN = flags.DEFINE_string("task_gin", None, "gin/tasks/<task>.gin.")
 TARGETS_DIR = flags.DEFINE_string(
-    "targets_dir", "targets", "Targets directory (relative: under work_dir)."
+    "targets_dir",
+    artifacts.TARGETS_DIR,
+    "Targets directory (relative: under work_dir).",
 )
 SPLIT = flags.DEFINE_string("split", "train", "The split the dump holds.")
 TEMPERATURES = flags.DEFINE_list("temperatures", ["1", "2", "5", "10"], "")
@@ -67,7 +69,7 @@ def _task():
 def main(_):
     task = _task()
     work_dir = WORK_DIR.value
-    vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
+    vocab = artifacts.load_vocabulary(work_dir)
     pairs = TokenizedPairs.from_pairs(
         task.read(SPLIT.value),
         vocab,

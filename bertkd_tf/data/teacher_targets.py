@@ -1,12 +1,14 @@
 """The teacher's stored top-K targets, joined with the student's pairs.
 
 `dump_teacher` writes `WORK_DIR/targets/` (TFRecord shards plus
-`manifest.json`); `TeacherTargets.load` reads them into memory (a few tens
-of bytes per target position) and `join` (from `TokenizedPairs`) or
-`attach` (to any `tf.data` of examples with an `"id"`;
-`attach_teacher_targets` loads and attaches in one call) give the student
-`{"id", "source_ids", "target_ids", "teacher_ids", "teacher_logits"}`
-examples, the input of
+`manifest.json`, in the format this module owns: `MANIFEST_FILE`,
+`FORMAT_VERSION`, `shard_name`, `RECORD_FEATURES` written by
+`serialize_targets` and read by `parse_targets`); `TeacherTargets.load`
+reads them into memory (a few tens of bytes per target position) and `join`
+(from `TokenizedPairs`) or `attach` (to any `tf.data` of examples with an
+`"id"`; `attach_teacher_targets` loads and attaches in one call) give the
+student `{"id", "source_ids", "target_ids", "teacher_ids",
+"teacher_logits"}` examples, the input of
 `student_features.student_dataset`. The join is an in-memory hash-table
 lookup and two slices per example: no file I/O while training.
 
@@ -37,7 +39,11 @@ REDUMP_ADVICE = (
     "Re-run dump_teacher with the same command: it rewrites damaged shards."
 )
 
-_FEATURES = {
+# The features of one record (one pair): `id`, `length` (rows `T` = target
+# tokens + the EOS slot), `top_k` (K), `teacher_ids` (int32 little-endian
+# `[T, K]`, task ids) and `teacher_logits` (float16 little-endian `[T, K]`),
+# each row sorted by logit, highest first.
+RECORD_FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.int64),
     "length": tf.io.FixedLenFeature([], tf.int64),
     "top_k": tf.io.FixedLenFeature([], tf.int64),
@@ -47,6 +53,50 @@ _FEATURES = {
 
 # Shards whose digest matched in this process: (path, bytes, version, sha256).
 _VERIFIED_SHARDS = set()
+
+
+def shard_name(index, num_shards):
+    """File name of shard `index` (0-based) of `num_shards`."""
+    return f"targets-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def serialize_targets(pair_id, top_ids, top_logits):
+    """One pair's targets as a serialized `tf.train.Example` (the writer's
+    side of `RECORD_FEATURES`).
+
+    Deterministic: the features map is written in key order (without
+    `deterministic=True` its order changes from process to process).
+    """
+    top_ids = np.ascontiguousarray(top_ids, "<i4")
+    top_logits = np.ascontiguousarray(top_logits, "<f2")
+    length, k = top_ids.shape
+
+    def ints(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    def raw(array):
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[array.tobytes()])
+        )
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "id": ints(int(pair_id)),
+                "length": ints(int(length)),
+                "top_k": ints(int(k)),
+                "teacher_ids": raw(top_ids),
+                "teacher_logits": raw(top_logits),
+            }
+        )
+    )
+    return example.SerializeToString(deterministic=True)
+
+
+def parse_targets(records):
+    """A batch of serialized records (string `[N]`) as `RECORD_FEATURES`
+    tensors `[N]` (the reader's side of `serialize_targets`)."""
+    return tf.io.parse_example(records, RECORD_FEATURES)
 
 
 def data_fingerprint(tokenized):
@@ -279,7 +329,7 @@ class TeacherTargets:
             vocabulary: the student's `TaskVocabulary`; refused if the
                 targets were dumped with another one.
             teacher_fingerprint: optional expected teacher fingerprint
-                (`dump_teacher.teacher_fingerprint`); refused if the
+                (`artifacts.teacher_fingerprint`); refused if the
                 targets were dumped from another teacher.
             allow_incomplete: read a dump with shards still missing.
             data_fingerprint: optional `data_fingerprint` of the pairs the
@@ -356,9 +406,7 @@ class TeacherTargets:
                 )
             records = tf.data.TFRecordDataset(shard_path)
             try:
-                for batch in records.batch(4096).map(
-                    lambda r: tf.io.parse_example(r, _FEATURES)
-                ):
+                for batch in records.batch(4096).map(parse_targets):
                     if np.any(batch["top_k"].numpy() != stored_k):
                         raise ArtifactError(
                             f"The teacher-target shard {shard_path} holds "

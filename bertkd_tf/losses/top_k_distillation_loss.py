@@ -15,7 +15,7 @@ FORMS = ("paper", "hinton")
 class TopKDistillationLoss(keras.losses.Loss):
     """Knowledge-distillation loss against a teacher's top-K logits.
 
-    `form="paper"` (PAPER.md §3, the reference code):
+    `form="paper"` (docs/METHOD.md §3, the reference code):
 
         q      = softmax(teacher_logits / T)        over the K kept ids
         log_p  = log_softmax(student_logits)        NOT tempered

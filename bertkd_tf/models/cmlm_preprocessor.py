@@ -1,7 +1,7 @@
 """Conditional masked LM (C-MLM) inputs for the BERT teacher.
 
 Packs `[CLS] source [SEP] target [SEP]` in BERT ids and masks target tokens
-only (Chen et al., ACL 2020, section 1 of PAPER.md). Pure TensorFlow ops:
+only (Chen et al., ACL 2020, docs/METHOD.md §1). Pure TensorFlow ops:
 usable inside `tf.data` (graph mode) and eagerly.
 """
 

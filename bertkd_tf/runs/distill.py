@@ -1,7 +1,7 @@
 """`distill`: train the student, with the teacher's soft targets or without.
 
 `distillation_weight > 0` trains the distilled student of the paper
-(`(1 - w) * label-smoothed xent + w * top-K KD`, PAPER.md §3) on the
+(`(1 - w) * label-smoothed xent + w * top-K KD`, docs/METHOD.md §3) on the
 teacher targets dumped by `dump_teacher`; `distillation_weight = 0` trains
 the plain Transformer baseline (no targets needed).
 
@@ -18,10 +18,11 @@ distilling, `baseline/` otherwise, unless `model_dir` is given):
   `history.jsonl` (one record per chunk);
 - the final student for `evaluate`/`export`: `student_config.json`
   (`keras.saving.serialize_keras_object` of the `TransformerSeq2Seq`) and
-  `final.weights.h5`. Load it with `load_student(WORK_DIR/student)`.
+  `final.weights.h5`. Load it with
+  `bertkd_tf.artifacts.load_student(WORK_DIR/student)`.
   `tools/average_checkpoints.py` writes an averaged weights file next to it.
 
-Optimisation (PAPER.md §4): Adam(0.9, 0.98, eps 1e-9) (as `FusedAdam`), the
+Optimisation (docs/METHOD.md §4): Adam(0.9, 0.98, eps 1e-9) (as `FusedAdam`), the
 noam schedule `learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`,
 token-budget batches (`tokens_per_batch` is the global budget of one batch; with
 `gradient_accumulation_steps = n` an update sees n batches),
@@ -32,7 +33,6 @@ student) every `validate_every_steps`.
 """
 
 import functools
-import json
 import os
 
 import keras
@@ -40,12 +40,29 @@ import tensorflow as tf
 from absl import logging
 
 from bertkd_tf import locking
+
+# F401: the layout constants and the student's save/load are re-exported
+# from their former home here; `bertkd_tf.artifacts` owns them.
+from bertkd_tf.artifacts import (  # noqa: F401
+    BASELINE_DIR,
+    FINAL_WEIGHTS,
+    STUDENT_CONFIG,
+    STUDENT_DIR,
+    TARGETS_DIR,
+    TEACHER_DIR,
+    VOCAB_DIR,
+    load_student,
+    load_vocabulary,
+    save_student,
+    student_from_config,
+    teacher_fingerprint,
+)
+from bertkd_tf.data import teacher_targets
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
 )
 from bertkd_tf.data.student_features import student_dataset
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
@@ -54,14 +71,6 @@ from bertkd_tf.training.distillation_model import DistillationModel
 from bertkd_tf.training.fused_adam import FusedAdam
 from bertkd_tf.training.schedules import NoamSchedule
 from bertkd_tf.training.strategy import get_strategy
-
-VOCAB_DIR = "vocab"
-TARGETS_DIR = "targets"
-TEACHER_DIR = "teacher"  # train_teacher's output
-STUDENT_DIR = "student"
-BASELINE_DIR = "baseline"
-STUDENT_CONFIG = "student_config.json"
-FINAL_WEIGHTS = "final.weights.h5"
 
 
 def build_student(vocabulary_size, backbone_fn=None, dtype=None):
@@ -73,56 +82,6 @@ def build_student(vocabulary_size, backbone_fn=None, dtype=None):
     backbone_fn = backbone_fn or TransformerSeq2SeqBackbone
     backbone = backbone_fn(vocabulary_size=vocabulary_size, dtype=dtype)
     return TransformerSeq2Seq(backbone=backbone)
-
-
-def save_student(student, directory):
-    """Writes `student_config.json` and `final.weights.h5` to `directory`,
-    atomically."""
-    trainer.save_final(student, directory, STUDENT_CONFIG, FINAL_WEIGHTS)
-
-
-def student_from_config(directory, dtype=None):
-    """The untrained student described by `directory/student_config.json`."""
-    config_path = os.path.join(directory, STUDENT_CONFIG)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"No trained student in {directory!r} (missing {STUDENT_CONFIG}):"
-            " run `--mode=distill` first."
-        )
-    with open(config_path) as f:
-        config = json.load(f)
-    if dtype is not None:
-        config["config"]["backbone"]["config"]["dtype"] = dtype
-    return keras.saving.deserialize_keras_object(config)
-
-
-def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
-    """The student saved by `distill` in `directory` (e.g. WORK_DIR/student).
-
-    The weights file is checked against its recorded SHA-256
-    (`bertkd_tf.checksums`); a damaged one raises `ArtifactError`.
-
-    Args:
-        directory: the directory with `student_config.json` and the weights.
-        dtype: optional dtype policy to run it in (e.g. "mixed_bfloat16").
-        weights_file: weights file in `directory`, e.g. the output of
-            `tools/average_checkpoints.py`.
-    """
-    student = student_from_config(directory, dtype=dtype)
-    if weights_file == FINAL_WEIGHTS:
-        remedy = (
-            "re-run `bertkd --mode=distill` with the same settings (it "
-            "restores its last checkpoint and writes the file again)"
-        )
-    else:
-        remedy = (
-            "write it again (`tools/average_checkpoints.py` for averaged "
-            "weights)"
-        )
-    trainer.load_final_weights(
-        student, os.path.join(directory, weights_file), remedy=remedy
-    )
-    return student
 
 
 def _default_teacher_targets_fn(
@@ -140,14 +99,11 @@ def _default_teacher_targets_fn(
     `train_pairs` (the `TokenizedPairs` of `dataset`), or from another
     teacher than the one saved in `teacher_dir` (checked when it holds a
     finished teacher)."""
-    from bertkd_tf.data import teacher_targets
-    from bertkd_tf.runs import dump_teacher
-
     fingerprint = None
     if teacher_dir is not None:
         if tf.io.gfile.isdir(teacher_dir):
             try:
-                fingerprint = dump_teacher.teacher_fingerprint(teacher_dir)
+                fingerprint = teacher_fingerprint(teacher_dir)
             except FileNotFoundError:
                 logging.warning(
                     "distill: %s holds no finished teacher: cannot check "
@@ -348,7 +304,7 @@ def run(
     tf.io.gfile.makedirs(output_dir)
     _lock = locking.hold(output_dir)  # One writer (LockedError otherwise).
 
-    vocab = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
+    vocab = load_vocabulary(work_dir)
     train_pairs = TokenizedPairs.from_pairs(
         task.read("train"),
         vocab,

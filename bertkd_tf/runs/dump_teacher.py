@@ -10,14 +10,16 @@ tokenized and filtered exactly as the student reads them
   pair order: `id` (int64), `length` (int64: rows `T` = target tokens + the
   EOS slot), `top_k` (int64), `teacher_ids` (bytes: int32 little-endian
   `[T, K]`, task ids) and `teacher_logits` (bytes: float16 little-endian
-  `[T, K]`), each row sorted by logit, highest first;
+  `[T, K]`), each row sorted by logit, highest first (the format, with
+  `serialize_targets` and the reader's `parse_targets`, is
+  `bertkd_tf.data.teacher_targets`);
 - `manifest.json`: fingerprints of the teacher checkpoint, the task
   vocabulary and the tokenized pairs, K, P, the number of pairs and
   positions, the shard layout and the finished shards with their size and
   sha256. No wall-clock times: two dumps of the same teacher and data have
   byte-identical shards and manifests.
 
-Circular masks (PAPER.md section 2, Chen et al., ACL 2020): a pair with `T`
+Circular masks (docs/METHOD.md §2, Chen et al., ACL 2020): a pair with `T`
 rows gets
 `n = min(P, T)` copies; copy `i` masks target slots `i, i + n, i + 2n, ...`
 (slot `T - 1` is the final `[SEP]`, labelled EOS), so every slot is masked
@@ -36,7 +38,6 @@ shard's batches depend only on its own pairs). Targets from another
 teacher, vocabulary, data, K, P or precision are refused, never mixed.
 """
 
-import hashlib
 import json
 import os
 import time
@@ -46,15 +47,29 @@ import tensorflow as tf
 from absl import logging
 
 from bertkd_tf import locking
+
+# F401: teacher_fingerprint, TARGETS_DIR and the format's names are
+# re-exported from their former home here; `bertkd_tf.artifacts` owns the
+# layout, `bertkd_tf.data.teacher_targets` the targets' format.
+from bertkd_tf.artifacts import (  # noqa: F401
+    TARGETS_DIR,
+    TEACHER_DIR,
+    load_teacher,
+    load_vocabulary,
+    teacher_fingerprint,
+)
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
 )
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
-from bertkd_tf.data.teacher_targets import (
+from bertkd_tf.data.teacher_targets import (  # noqa: F401
+    FORMAT_VERSION,
+    MANIFEST_FILE,
     data_fingerprint,
+    serialize_targets,
     shard_info,
+    shard_name,
     shard_problem,
 )
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
@@ -62,14 +77,9 @@ from bertkd_tf.errors import (
     ArtifactError,
     ConfigError,
     DataError,
-    MissingArtifactError,
 )
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
-from bertkd_tf.runs import train_teacher
 
-TARGETS_DIR = "targets"
-MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
 MAX_TOP_K = 64
 # Settings that must match for shards of two runs to be mixed.
 LAYOUT_KEYS = (
@@ -87,11 +97,6 @@ LAYOUT_KEYS = (
 )
 
 
-def shard_name(index, num_shards):
-    """File name of shard `index` (0-based) of `num_shards`."""
-    return f"targets-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
 def read_manifest(directory):
     """The manifest of a targets directory, or None if there is none."""
     path = os.path.join(directory, MANIFEST_FILE)
@@ -103,23 +108,6 @@ def read_manifest(directory):
 
 def _write_json_atomic(path, value):
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
-
-
-def teacher_fingerprint(teacher_dir):
-    """sha256 of the saved teacher's config and weight files."""
-    digest = hashlib.sha256()
-    for name in (train_teacher.TEACHER_CONFIG, train_teacher.FINAL_WEIGHTS):
-        path = os.path.join(teacher_dir, name)
-        if not tf.io.gfile.exists(path):
-            raise MissingArtifactError(
-                f"No trained teacher in {teacher_dir!r} (missing {name}): run "
-                "`--mode=train_teacher` first."
-            )
-        digest.update(name.encode())
-        with tf.io.gfile.GFile(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # Circular masks ----------------------------------------------------------
@@ -228,38 +216,6 @@ def make_top_k_fn(teacher, preprocessor, num_passes, top_k):
 
 
 # Records -----------------------------------------------------------------
-
-
-def serialize_targets(pair_id, top_ids, top_logits):
-    """One pair's targets as a serialized `tf.train.Example`.
-
-    Deterministic: the features map is written in key order (without
-    `deterministic=True` its order changes from process to process).
-    """
-    top_ids = np.ascontiguousarray(top_ids, "<i4")
-    top_logits = np.ascontiguousarray(top_logits, "<f2")
-    length, k = top_ids.shape
-
-    def ints(value):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-    def raw(array):
-        return tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[array.tobytes()])
-        )
-
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "id": ints(int(pair_id)),
-                "length": ints(int(length)),
-                "top_k": ints(int(k)),
-                "teacher_ids": raw(top_ids),
-                "teacher_logits": raw(top_logits),
-            }
-        )
-    )
-    return example.SerializeToString(deterministic=True)
 
 
 def _padded(ragged, rows):
@@ -502,9 +458,7 @@ def run(
         )
     top_k, num_passes = int(top_k), int(num_passes)
     # Relative directories are under work_dir (absolute ones stay as given).
-    teacher_dir = os.path.join(
-        work_dir, teacher_dir or train_teacher.TEACHER_DIR
-    )
+    teacher_dir = os.path.join(work_dir, teacher_dir or TEACHER_DIR)
     if output_dir is None:
         output_dir = (
             TARGETS_DIR if split == "train" else f"{TARGETS_DIR}_{split}"
@@ -513,10 +467,10 @@ def run(
     tf.io.gfile.makedirs(output_dir)
     _lock = locking.hold(output_dir)  # One writer (LockedError otherwise).
 
-    vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
+    vocab = load_vocabulary(work_dir)
     fingerprint = teacher_fingerprint(teacher_dir)
     dtype = "mixed_bfloat16" if mixed_precision else None
-    teacher = train_teacher.load_teacher(teacher_dir, dtype=dtype)
+    teacher = load_teacher(teacher_dir, dtype=dtype)
     if list(teacher.bert_ids) != vocab.bert_ids.tolist():
         raise ArtifactError(
             f"The teacher in {teacher_dir!r} predicts over another task "

@@ -25,13 +25,17 @@ import keras
 from absl import logging
 from sacremoses import MosesDetokenizer
 
+# F401: VOCAB_DIR is re-exported from its former home here.
+from bertkd_tf.artifacts import (  # noqa: F401
+    STUDENT_DIR,
+    VOCAB_DIR,
+    load_student,
+    load_vocabulary,
+)
 from bertkd_tf.atomic_files import write_text_atomic
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.metrics.scoring import score_hypotheses
-from bertkd_tf.runs.distill import load_student
 
-VOCAB_DIR = "vocab"
 EVALUATE_DIR = "evaluate"
 HYPOTHESES_FILE = "hypotheses.txt"
 REFERENCES_FILE = "references.txt"
@@ -77,7 +81,7 @@ def run(
     *,
     task,
     work_dir,
-    model_dir="student",
+    model_dir=STUDENT_DIR,
     split="valid",
     beam_size=5,
     length_penalty=0.6,
@@ -118,7 +122,7 @@ def run(
         verbose: show a progress bar.
     """
     metrics = tuple(metrics or DEFAULT_METRICS[task.kind])
-    vocabulary = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
+    vocabulary = load_vocabulary(work_dir)
     model_path = os.path.join(work_dir, model_dir)
     model = load_student(model_path, dtype=dtype)
     output_dir = output_dir or os.path.join(model_path, EVALUATE_DIR, split)

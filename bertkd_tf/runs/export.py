@@ -32,11 +32,9 @@ import time
 from absl import logging
 
 from bertkd_tf import locking
+from bertkd_tf.artifacts import STUDENT_DIR, load_student, load_vocabulary
 from bertkd_tf.atomic_files import remove_stale_temporaries
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.export.serving_module import EXPORT_CONFIG_FILE, ServingModule
-from bertkd_tf.runs.distill import load_student
-from bertkd_tf.runs.evaluate import VOCAB_DIR
 
 EXPORT_DIR = "export"
 
@@ -62,7 +60,7 @@ def next_version(export_dir, now=None):
 def run(
     *,
     work_dir,
-    model_dir="student",
+    model_dir=STUDENT_DIR,
     export_dir=None,
     version=None,
     beam_size=4,
@@ -124,7 +122,7 @@ def run(
             "never overwrite. Pass another `version`, or None for the next "
             "free one."
         )
-    vocabulary = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
+    vocabulary = load_vocabulary(work_dir)
     model_path = os.path.join(work_dir, model_dir)
     model = load_student(model_path, dtype=dtype)
     module = ServingModule(

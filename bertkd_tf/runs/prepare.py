@@ -8,6 +8,7 @@ import numpy as np
 from absl import logging
 
 from bertkd_tf import locking
+from bertkd_tf.artifacts import VOCAB_DIR
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.data.bert_word_piece_tokenizer import (
     BertWordPieceTokenizer,
@@ -17,7 +18,6 @@ from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
 from bertkd_tf.errors import DataError
 
-VOCAB_DIR = "vocab"
 STATS_FILE = "stats.json"
 
 

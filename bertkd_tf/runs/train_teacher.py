@@ -9,7 +9,8 @@ Reads `WORK_DIR/vocab/` (from `prepare`) and the text pairs, trains a
   validation loss/accuracy per chunk);
 - the final teacher, for `dump_teacher`: `final.weights.h5` plus
   `teacher_config.json` (`keras.saving.serialize_keras_object` of the
-  teacher). Load it with `load_teacher(WORK_DIR/teacher)`.
+  teacher). Load it with
+  `bertkd_tf.artifacts.load_teacher(WORK_DIR/teacher)`.
 
 Validation: masked-token loss (`token_loss`) and accuracy (`accuracy`) over
 the valid split, masks drawn with the fixed `valid_mask_seed`, so numbers
@@ -21,7 +22,6 @@ masked per batch by `CMLMPreprocessor`. Every pass over the data draws new
 masks (the pass number is folded into the mask seed) and a new order.
 """
 
-import json
 import os
 
 import keras
@@ -29,23 +29,29 @@ import tensorflow as tf
 from absl import logging
 
 from bertkd_tf import locking
+
+# F401: FINAL_WEIGHTS, TEACHER_CONFIG and load_teacher are re-exported from
+# their former home here; `bertkd_tf.artifacts` owns them.
+from bertkd_tf.artifacts import (  # noqa: F401
+    FINAL_WEIGHTS,
+    TEACHER_CONFIG,
+    TEACHER_DIR,
+    load_teacher,
+    load_vocabulary,
+    save_teacher,
+)
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
 )
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
-from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 from bertkd_tf.training import trainer
 from bertkd_tf.training.fused_adam import FusedAdam
 from bertkd_tf.training.schedules import LinearWarmupDecay
 from bertkd_tf.training.strategy import get_strategy
 
-TEACHER_DIR = "teacher"
-FINAL_WEIGHTS = "final.weights.h5"
-TEACHER_CONFIG = "teacher_config.json"
 # Names (substrings) of variables without weight decay: biases, LayerNorm.
 NO_DECAY = ["bias", "gamma", "beta"]
 # Distinct passes over the data within one chunk of training.
@@ -89,46 +95,6 @@ def compile_teacher(
                 from_logits=True, name="token_loss"
             ),
         ],
-    )
-    return teacher
-
-
-def save_teacher(teacher, directory):
-    """Writes `final.weights.h5` (no optimizer state) and
-    `teacher_config.json` to `directory`, atomically."""
-    trainer.save_final(teacher, directory, TEACHER_CONFIG, FINAL_WEIGHTS)
-
-
-def load_teacher(directory, dtype=None):
-    """The teacher saved by `save_teacher` (e.g. `WORK_DIR/teacher`).
-
-    Args:
-        directory: the directory with `teacher_config.json` and
-            `final.weights.h5`.
-        dtype: optional dtype policy to run it in (e.g. "mixed_bfloat16").
-    """
-    config_path = os.path.join(directory, TEACHER_CONFIG)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(
-            f"No trained teacher in {directory!r} (missing {TEACHER_CONFIG}): "
-            "run `--mode=train_teacher` first."
-        )
-    with open(config_path) as f:
-        config = json.load(f)
-    if dtype is not None:
-        config["config"]["dtype"] = dtype
-        config["config"]["backbone"]["config"]["dtype"] = dtype
-    teacher = keras.saving.deserialize_keras_object(config)
-    if not isinstance(teacher, CMLMTeacher):
-        raise ValueError(
-            f"{config_path} does not describe a CMLMTeacher: "
-            f"{type(teacher).__name__}"
-        )
-    trainer.load_final_weights(
-        teacher,
-        os.path.join(directory, FINAL_WEIGHTS),
-        remedy="re-run `bertkd --mode=train_teacher` with the same settings "
-        "(it restores its last checkpoint and writes the file again)",
     )
     return teacher
 
@@ -277,7 +243,7 @@ def run(
     tf.io.gfile.makedirs(output_dir)
     _lock = locking.hold(output_dir)  # One writer (LockedError otherwise).
 
-    vocab = TaskVocabulary.load(os.path.join(work_dir, "vocab"))
+    vocab = load_vocabulary(work_dir)
 
     def tokenize(split, max_pairs=None):
         return TokenizedPairs.from_pairs(

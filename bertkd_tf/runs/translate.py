@@ -15,11 +15,9 @@ import time
 
 from absl import logging
 
-from bertkd_tf.data.task_vocabulary import TaskVocabulary
+from bertkd_tf.artifacts import STUDENT_DIR, load_student, load_vocabulary
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.errors import MissingInputError
-from bertkd_tf.runs.distill import load_student
-from bertkd_tf.runs.evaluate import VOCAB_DIR
 
 
 def _read_lines(input_file):
@@ -38,7 +36,7 @@ def _read_lines(input_file):
 def run(
     *,
     work_dir,
-    model_dir="student",
+    model_dir=STUDENT_DIR,
     input_file=None,
     output_file=None,
     beam_size=5,
@@ -70,7 +68,7 @@ def run(
             see `Generator`).
         dtype: optional dtype policy for the model.
     """
-    vocabulary = TaskVocabulary.load(os.path.join(work_dir, VOCAB_DIR))
+    vocabulary = load_vocabulary(work_dir)
     model = load_student(os.path.join(work_dir, model_dir), dtype=dtype)
     lines = _read_lines(input_file)
     generator = Generator(

@@ -41,7 +41,7 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     """Wraps a student; its loss is `(1 - w) * xent + w * kd`.
 
     `xent` is the label-smoothed `TokenCrossEntropy` to the labels and `kd`
-    the `TopKDistillationLoss` to the teacher's top-K soft targets (PAPER.md
+    the `TopKDistillationLoss` to the teacher's top-K soft targets (docs/METHOD.md
     §3, `w = distillation_weight`). Only `compute_loss` is overridden, so
     `fit`, `evaluate`, `tf.distribute`, mixed precision and `jit_compile`
     work as for any Keras model. Both terms are Keras losses reduced with

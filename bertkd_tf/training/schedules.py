@@ -8,7 +8,7 @@ from keras import ops
 class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `peak_learning_rate`, then linear decay to 0.
 
-    The schedule of BERT fine-tuning (PAPER.md §1: 5% warm-up, then linear
+    The schedule of BERT fine-tuning (docs/METHOD.md §1: 5% warm-up, then linear
     decay to zero at `total_steps`).
 
     Args:

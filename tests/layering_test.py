@@ -1,0 +1,184 @@
+"""The package's layers, read from the source (`ast`), nothing imported.
+
+- the run modes (`bertkd_tf/runs/*.py`) never import one another: what two
+  of them share lives in a lower layer (`bertkd_tf/artifacts.py`,
+  `models/`, `training/`, `data/`, ...);
+- only the runs and `bertkd_tf/main.py` import `bertkd_tf.runs`;
+- each name of the work directory's layout and of the teacher-target
+  format is defined (assigned or def'd) in exactly one module; the others
+  import it.
+
+Every `import` counts, including those inside functions. The package read
+is `$BERTKD_LAYERING_ROOT/bertkd_tf` when that is set (e.g. an older tree
+unpacked with `git archive HEAD | tar -x -C /tmp/old`), else this
+checkout's.
+"""
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.environ.get("BERTKD_LAYERING_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
+PACKAGE = "bertkd_tf"
+RUNS = f"{PACKAGE}.runs"
+# Names with one home (`bertkd_tf.artifacts`, `bertkd_tf.data.teacher_targets`).
+SINGLE_HOME = (
+    "VOCAB_DIR",
+    "TEACHER_DIR",
+    "TARGETS_DIR",
+    "STUDENT_DIR",
+    "BASELINE_DIR",
+    "FINAL_WEIGHTS",
+    "TEACHER_CONFIG",
+    "STUDENT_CONFIG",
+    "load_vocabulary",
+    "load_teacher",
+    "save_teacher",
+    "teacher_fingerprint",
+    "load_student",
+    "save_student",
+    "student_from_config",
+    "MANIFEST_FILE",
+    "FORMAT_VERSION",
+    "shard_name",
+    "serialize_targets",
+)
+
+
+def _modules():
+    """`{module name: parsed source}` of every module of the package."""
+    modules = {}
+    base = os.path.join(ROOT, PACKAGE)
+    for directory, _, files in os.walk(base):
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(directory, name)
+            parts = os.path.relpath(path, ROOT)[: -len(".py")].split(os.sep)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            with open(path, encoding="utf-8") as f:
+                modules[".".join(parts)] = (
+                    ast.parse(f.read(), filename=path),
+                    name == "__init__.py",
+                )
+    return modules
+
+
+MODULES = _modules()
+
+
+def _imports(module, tree, is_package):
+    """The package modules `module` imports (`ast.walk`: function-level
+    imports too), as `(line, imported module)`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # Relative: resolve against the package.
+                anchor = module.split(".")
+                if not is_package:
+                    anchor = anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                source = ".".join(
+                    anchor + ([node.module] if node.module else [])
+                )
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                # `from pkg import module` imports pkg.module.
+                candidate = f"{source}.{alias.name}"
+                found.append(
+                    (node.lineno, candidate if candidate in MODULES else source)
+                )
+    return [
+        (line, name)
+        for line, name in found
+        if name == PACKAGE or name.startswith(PACKAGE + ".")
+    ]
+
+
+def _is_under(name, package):
+    return name == package or name.startswith(package + ".")
+
+
+def test_reads_the_package():
+    assert f"{RUNS}.distill" in MODULES, ROOT
+    assert f"{PACKAGE}.main" in MODULES
+
+
+def test_runs_do_not_import_each_other():
+    offending = [
+        f"{module}:{line} imports {name}"
+        for module, (tree, is_package) in sorted(MODULES.items())
+        if _is_under(module, RUNS) and module != RUNS
+        for line, name in _imports(module, tree, is_package)
+        if _is_under(name, RUNS) and name != module
+    ]
+    assert not offending, (
+        "A run imports another run; move what they share into a lower "
+        "layer (bertkd_tf/artifacts.py, models/, training/, data/):\n"
+        + "\n".join(offending)
+    )
+
+
+def test_only_runs_and_main_import_runs():
+    offending = [
+        f"{module}:{line} imports {name}"
+        for module, (tree, is_package) in sorted(MODULES.items())
+        if not _is_under(module, RUNS) and module != f"{PACKAGE}.main"
+        for line, name in _imports(module, tree, is_package)
+        if _is_under(name, RUNS)
+    ]
+    assert not offending, (
+        "Only bertkd_tf/runs/ and bertkd_tf/main.py may import "
+        "bertkd_tf.runs:\n" + "\n".join(offending)
+    )
+
+
+def _definitions(tree):
+    """Names a module assigns or defines at module level (inside `if`,
+    `try`, `with` blocks too, not inside functions or classes)."""
+    names = set()
+
+    def visit(statements):
+        for node in statements:
+            if isinstance(
+                node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+            ):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else [node.target]
+                )
+                for target in targets:
+                    for leaf in ast.walk(target):
+                        if isinstance(leaf, ast.Name):
+                            names.add(leaf.id)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                if not isinstance(
+                    node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+                ):
+                    visit(getattr(node, field, []) or [])
+
+    visit(tree.body)
+    return names
+
+
+@pytest.mark.parametrize("name", SINGLE_HOME)
+def test_defined_in_exactly_one_module(name):
+    homes = sorted(
+        module
+        for module, (tree, _) in MODULES.items()
+        if name in _definitions(tree)
+    )
+    assert len(homes) == 1, (
+        f"{name} must be defined in exactly one module (the others import "
+        f"it); defined in: {homes or 'none'}"
+    )
