@@ -8,7 +8,11 @@ one) over the first `--pairs` training pairs of a corpus, once per
 precision, after a warm-up batch that traces the function. A position is
 one target slot (target tokens + the EOS slot); bytes/position is the
 serialized record size divided by positions (K ids int32 + K logits
-float16 + per-record overhead).
+float16 + per-record overhead). Model FLOP utilisation (`tools/flops.py`,
+the forward of every circular copy, the head at every slot) against
+TensorFlow's matmul ceiling measured in the same process: `MFU real` over
+the real packed tokens, `MFU padded` over each copy padded to its length
+bucket (what the machine computes).
 
 Usage:
     python tools/bench_dump.py --data_dir=../shared/data/multi30k_de_en
@@ -17,7 +21,9 @@ Usage:
 """
 
 import argparse
+import bisect
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,6 +45,9 @@ from bertkd_tf.data.tokenized_pairs import TokenizedPairs  # noqa: E402
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor  # noqa: E402
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher  # noqa: E402
 from bertkd_tf.runs import dump_teacher  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import dump_flops, matmul_ceiling  # noqa: E402
 
 
 def bench(args, vocab, tokenized, dtype):
@@ -70,7 +79,25 @@ def bench(args, vocab, tokenized, dtype):
     records = dump_teacher.dump_pairs(tokenized, top_k_fn, batcher)
     seconds = time.perf_counter() - start
     positions = int(np.sum(target_lengths + 1))
+    config = teacher.backbone.get_config()
+    shape = (
+        config["hidden_dim"],
+        config["intermediate_dim"],
+        config["num_layers"],
+        len(vocab.bert_ids),
+    )
+    real = padded = 0
+    for source, target in zip(source_lengths, target_lengths):
+        source, target = int(source), int(target)
+        real += dump_flops(*shape, source, target, args.num_passes)
+        length = source + target + 3
+        boundary = boundaries[bisect.bisect_left(boundaries, length)]
+        padded += dump_flops(
+            *shape, boundary - target - 3, target, args.num_passes
+        )
     return {
+        "real_flops_per_s": real / seconds,
+        "padded_flops_per_s": padded / seconds,
         "seconds": seconds,
         "positions": positions,
         "bytes": sum(len(r) for r in records),
@@ -108,9 +135,18 @@ def main():
         f"{vocab.size}, teacher {args.bert}, K={args.top_k}, "
         f"P={args.num_passes}, {args.tokens_per_batch} tokens per forward"
     )
+    ceilings = {
+        p: matmul_ceiling("bfloat16" if "bfloat16" in p else "float32")
+        for p in args.precisions.split(",")
+    }
+    print(
+        "matmul ceiling (2048^3): "
+        + ", ".join(f"{p} {c / 1e12:.2f} TFLOP/s" for p, c in ceilings.items())
+    )
     header = (
         f"{'precision':<16}{'seconds':>9}{'positions/s':>13}{'pairs/s':>10}"
-        f"{'bytes/position':>16}"
+        f"{'bytes/position':>16}{'TFLOP/s':>9}{'MFU real':>10}"
+        f"{'MFU padded':>12}"
     )
     print(header)
     for precision in args.precisions.split(","):
@@ -120,7 +156,10 @@ def main():
             f"{precision:<16}{result['seconds']:>9.2f}"
             f"{result['positions'] / result['seconds']:>13.0f}"
             f"{len(tokenized) / result['seconds']:>10.1f}"
-            f"{result['bytes'] / result['positions']:>16.1f}",
+            f"{result['bytes'] / result['positions']:>16.1f}"
+            f"{result['padded_flops_per_s'] / 1e12:>9.3f}"
+            f"{result['real_flops_per_s'] / ceilings[precision]:>10.0%}"
+            f"{result['padded_flops_per_s'] / ceilings[precision]:>12.0%}",
             flush=True,
         )
 

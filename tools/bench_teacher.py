@@ -5,7 +5,11 @@ package by default) on synthetic batches of Multi30k-like lengths (source
 about 17 WordPieces, target about 15) for a few steps per precision and
 prints one table row per setting. Tokens counted are packed, non-padding
 tokens (`[CLS] src [SEP] tgt [SEP]`); the padded batch holds
-`tokens_per_batch` positions.
+`tokens_per_batch` positions. Model FLOP utilisation (`tools/flops.py`:
+training = 3x forward, the head at the masked rows only) against
+TensorFlow's own matmul ceiling measured in the same process, per dtype:
+`MFU real` counts the real tokens' FLOPs, `MFU padded` the padded batch's
+(what the machine computes).
 
 Usage:
     python tools/bench_teacher.py [--tokens_per_batch 4096] [--steps 3]
@@ -14,6 +18,7 @@ Usage:
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,6 +30,9 @@ import tensorflow as tf  # noqa: E402
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor  # noqa: E402
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher  # noqa: E402
 from bertkd_tf.runs.train_teacher import compile_teacher  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from flops import matmul_ceiling, teacher_training_flops  # noqa: E402
 
 
 def synthetic_batch(rows, bert_vocabulary_size, task_size, seed=0):
@@ -80,6 +88,22 @@ def bench(
     for _ in range(steps):
         logs = teacher.train_on_batch(x, y, sample_weight=w, return_dict=True)
     seconds = (time.perf_counter() - start) / steps
+    config = teacher.backbone.get_config()
+    shape = (
+        config["hidden_dim"],
+        config["intermediate_dim"],
+        config["num_layers"],
+        len(bert_ids),
+    )
+    lengths = tf.reduce_sum(x["padding_mask"], axis=1).numpy()
+    masks = tf.reduce_sum(tf.cast(w, "float32"), axis=1).numpy()
+    real_flops = sum(
+        teacher_training_flops(*shape, int(n), float(m))
+        for n, m in zip(lengths, masks)
+    )
+    padded_flops = sum(
+        teacher_training_flops(*shape, pad_to, float(m)) for m in masks
+    )
     return {
         "dtype": dtype,
         "rows": rows,
@@ -89,6 +113,8 @@ def bench(
         "step_s": seconds,
         "tokens_per_s": real_tokens / seconds,
         "loss": float(logs["loss"]),
+        "real_flops_per_s": real_flops / seconds,
+        "padded_flops_per_s": padded_flops / seconds,
     }
 
 
@@ -110,9 +136,18 @@ def main():
         f" cpus={os.cpu_count()} bert={args.bert} "
         f"task_vocab={args.task_vocabulary_size} pad_to={args.pad_to}"
     )
+    ceilings = {
+        dtype: matmul_ceiling("bfloat16" if "bfloat16" in dtype else "float32")
+        for dtype in args.dtypes.split(",")
+    }
+    print(
+        "matmul ceiling (2048^3): "
+        + ", ".join(f"{d} {c / 1e12:.2f} TFLOP/s" for d, c in ceilings.items())
+    )
     header = (
         f"{'dtype':<16}{'rows':>6}{'padded':>8}{'tokens':>8}{'masks':>7}"
         f"{'s/step':>9}{'tokens/s':>10}{'loss':>8}"
+        f"{'TFLOP/s':>9}{'MFU real':>10}{'MFU padded':>12}"
     )
     print(header)
     for dtype in args.dtypes.split(","):
@@ -128,7 +163,9 @@ def main():
         print(
             f"{r['dtype']:<16}{r['rows']:>6}{r['padded']:>8}{r['tokens']:>8}"
             f"{r['masks']:>7}{r['step_s']:>9.2f}{r['tokens_per_s']:>10.0f}"
-            f"{r['loss']:>8.3f}",
+            f"{r['loss']:>8.3f}{r['padded_flops_per_s'] / 1e12:>9.3f}"
+            f"{r['real_flops_per_s'] / ceilings[dtype]:>10.0%}"
+            f"{r['padded_flops_per_s'] / ceilings[dtype]:>12.0%}",
             flush=True,
         )
 

@@ -44,10 +44,12 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from flops import matmul_ceiling, training_flops  # noqa: E402
 
 from bertkd_tf.models.transformer_backbone import (  # noqa: E402
     TransformerSeq2SeqBackbone,
@@ -95,48 +97,6 @@ COMPARE_KERAS_ADAM = flags.DEFINE_bool(
     False,
     "Also time keras.optimizers.Adam in place of FusedAdam.",
 )
-
-
-def matmul_ceiling(dtype, n=2048, repeats=10):
-    """FLOP/s of an n x n x n matmul in a tf.function (graph mode)."""
-    a = tf.random.normal([n, n], dtype="float32")
-    # Scaled so that repeated products keep unit magnitude.
-    b = tf.random.normal([n, n], dtype="float32") / n**0.5
-    a, b = tf.cast(a, dtype), tf.cast(b, dtype)
-
-    @tf.function
-    def chain(a, b):
-        # Each product feeds the next: `repeats` matmuls really run. (A
-        # chain of identical `matmul(a, b)` nodes is merged into one by
-        # Grappler's common-subexpression elimination, which made the
-        # ceiling read `repeats` times too high before session 3.)
-        out = a
-        for _ in range(repeats):
-            out = tf.matmul(out, b)
-        return out
-
-    chain(a, b).numpy()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        chain(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 * repeats / best
-
-
-def training_flops(d, f, layers, heads, vocab, batch, source, target):
-    """Analytic training FLOPs of one step (3x forward, 2 FLOPs a MAC)."""
-    del heads
-    encoder = layers * source * (4 * d * d + 2 * d * f + 2 * source * d)
-    decoder = layers * (
-        target * (4 * d * d + 2 * target * d)  # self-attention
-        + target * 2 * d * d  # cross-attention Q and output
-        + source * 2 * d * d  # cross-attention K and V
-        + target * 2 * source * d  # cross-attention scores
-        + target * 2 * d * f  # feedforward
-    )
-    output = target * d * vocab
-    return 3 * 2 * batch * (encoder + decoder + output)
 
 
 def make_batch(vocab, batch, length, top_k, seed=0):

@@ -13,8 +13,8 @@ from bertkd_tf.models.fast_layers import use_fast_layers
 class TransformerSeq2SeqBackbone(keras.Model):
     """Transformer encoder-decoder ("Attention is all you need") backbone.
 
-    The student of the paper (docs/METHOD.md §4): one token embedding shared by the
-    source and the target, scaled by `sqrt(hidden_dim)` and tied to the
+    The student of the paper (docs/METHOD.md §4): one token embedding shared
+    by the source and the target, scaled by `sqrt(hidden_dim)` and tied to the
     output layer (see `TransformerSeq2Seq`), sinusoidal positions, pre- or
     post-LayerNorm layers from keras-hub. In pre-LN mode
     (`normalize_first=True`, the paper's setting) a final LayerNorm follows

@@ -22,8 +22,8 @@ distilling, `baseline/` otherwise, unless `model_dir` is given):
   `bertkd_tf.artifacts.load_student(WORK_DIR/student)`.
   `tools/average_checkpoints.py` writes an averaged weights file next to it.
 
-Optimisation (docs/METHOD.md §4): Adam(0.9, 0.98, eps 1e-9) (as `FusedAdam`), the
-noam schedule `learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`,
+Optimisation (docs/METHOD.md §4): Adam(0.9, 0.98, eps 1e-9) (as `FusedAdam`),
+the noam schedule `learning_rate * d^-0.5 * min(step^-0.5, step * warmup^-1.5)`,
 token-budget batches (`tokens_per_batch` is the global budget of one batch; with
 `gradient_accumulation_steps = n` an update sees n batches),
 `mixed_precision` (`mixed_bfloat16`; logits and losses stay float32) and

@@ -41,14 +41,15 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     """Wraps a student; its loss is `(1 - w) * xent + w * kd`.
 
     `xent` is the label-smoothed `TokenCrossEntropy` to the labels and `kd`
-    the `TopKDistillationLoss` to the teacher's top-K soft targets (docs/METHOD.md
-    §3, `w = distillation_weight`). Only `compute_loss` is overridden, so
-    `fit`, `evaluate`, `tf.distribute`, mixed precision and `jit_compile`
-    work as for any Keras model. Both terms are Keras losses reduced with
-    `"mean_with_sample_weight"`: the mean over real target tokens, scaled
-    per replica by Keras. `xent`, `kd` and `loss` are logged as metrics,
-    each a mean over batches weighted by the batch's rows (Keras' weighting
-    of `loss`), so the logged means keep `loss = (1 - w) * xent + w * kd`.
+    the `TopKDistillationLoss` to the teacher's top-K soft targets
+    (docs/METHOD.md §3, `w = distillation_weight`). Only `compute_loss` is
+    overridden, so `fit`, `evaluate`, `tf.distribute`, mixed precision and
+    `jit_compile` work as for any Keras model. Both terms are Keras losses
+    reduced with `"mean_with_sample_weight"`: the mean over real target
+    tokens, scaled per replica by Keras. `xent`, `kd` and `loss` are logged
+    as metrics, each a mean over batches weighted by the batch's rows
+    (Keras' weighting of `loss`), so the logged means keep
+    `loss = (1 - w) * xent + w * kd`.
 
     Data (`x, y, sample_weight`; sample_weight = decoder padding mask):
     - offline (`teacher=None`): `x` = the student features, `y` =
