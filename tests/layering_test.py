@@ -4,9 +4,11 @@
   of them share lives in a lower layer (`bertkd_tf/artifacts.py`,
   `models/`, `training/`, `data/`, ...);
 - only the runs and `bertkd_tf/main.py` import `bertkd_tf.runs`;
-- each name of the work directory's layout and of the teacher-target
-  format is defined (assigned or def'd) in exactly one module; the others
-  import it.
+- each name of the work directory's layout, of the teacher-target
+  format and of the circular masks is defined (assigned or def'd) in
+  exactly one module; the others import it;
+- `bertkd_tf/layers/` (the CPU fast paths) is the lowest layer: it imports
+  nothing else from the package.
 
 Every `import` counts, including those inside functions. The package read
 is `$BERTKD_LAYERING_ROOT/bertkd_tf` when that is set (e.g. an older tree
@@ -24,7 +26,8 @@ ROOT = os.environ.get("BERTKD_LAYERING_ROOT") or os.path.dirname(
 )
 PACKAGE = "bertkd_tf"
 RUNS = f"{PACKAGE}.runs"
-# Names with one home (`bertkd_tf.artifacts`, `bertkd_tf.data.teacher_targets`).
+# Names with one home (`bertkd_tf.artifacts`, `bertkd_tf.data.teacher_targets`,
+# `bertkd_tf.models.circular_masks`).
 SINGLE_HOME = (
     "VOCAB_DIR",
     "TEACHER_DIR",
@@ -45,6 +48,9 @@ SINGLE_HOME = (
     "FORMAT_VERSION",
     "shard_name",
     "serialize_targets",
+    "circular_mask_slots",
+    "masked_copies",
+    "make_top_k_fn",
 )
 
 
@@ -181,4 +187,20 @@ def test_defined_in_exactly_one_module(name):
     assert len(homes) == 1, (
         f"{name} must be defined in exactly one module (the others import "
         f"it); defined in: {homes or 'none'}"
+    )
+
+
+def test_layers_package_imports_only_itself():
+    layers = f"{PACKAGE}.layers"
+    offending = [
+        f"{module}:{line} imports {name}"
+        for module, (tree, is_package) in sorted(MODULES.items())
+        if _is_under(module, layers)
+        for line, name in _imports(module, tree, is_package)
+        if not _is_under(name, layers)
+    ]
+    assert f"{layers}.fast_layers" in MODULES, ROOT
+    assert not offending, (
+        "bertkd_tf/layers/ is the lowest layer (keras layers only); it may "
+        "not import the rest of bertkd_tf:\n" + "\n".join(offending)
     )

@@ -42,6 +42,7 @@ from bertkd_tf.data.bert_word_piece_tokenizer import (  # noqa: E402
 from bertkd_tf.data.task_vocabulary import TaskVocabulary  # noqa: E402
 from bertkd_tf.data.text_pairs import read_text_pairs  # noqa: E402
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs  # noqa: E402
+from bertkd_tf.models.circular_masks import make_top_k_fn  # noqa: E402
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor  # noqa: E402
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher  # noqa: E402
 from bertkd_tf.runs import dump_teacher  # noqa: E402
@@ -59,9 +60,7 @@ def bench(args, vocab, tokenized, dtype):
         vocab.bert_ids,
         max_sequence_length=int(teacher.backbone.max_sequence_length),
     )
-    top_k_fn = dump_teacher.make_top_k_fn(
-        teacher, preprocessor, args.num_passes, args.top_k
-    )
+    top_k_fn = make_top_k_fn(teacher, preprocessor, args.num_passes, args.top_k)
     source_lengths, target_lengths = tokenized.lengths()
     boundaries = default_bucket_boundaries(
         int(np.max(source_lengths + target_lengths)) + 3

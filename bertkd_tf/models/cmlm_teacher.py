@@ -9,7 +9,10 @@ import numpy as np
 from keras import ops
 
 from bertkd_tf.data.bert_word_piece_tokenizer import resolve_bert_directory
-from bertkd_tf.models.fast_layers import use_fast_layers
+from bertkd_tf.layers.fast_layers import (
+    resolve_fast_layers,
+    use_fast_layers,
+)
 from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 HEAD_LAYER_NAMES = (
@@ -52,6 +55,11 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
         bert_ids: int sequence `[task_vocab]`: task id -> BERT id.
         layer_norm_epsilon: float. Epsilon of the head's LayerNorm.
         dtype: dtype policy of the head (default: the backbone's).
+        fast_layers: True: the CPU fast paths of `bertkd_tf.layers` in the
+            backbone and the head (`use_fast_layers`); False: stock keras /
+            keras-hub layers only; None (default): True where no GPU or TPU
+            is visible (`resolve_fast_layers`). Same function and weights
+            either way.
 
     Example:
     ```python
@@ -73,8 +81,10 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
         bert_ids,
         layer_norm_epsilon=1e-12,
         dtype=None,
+        fast_layers=None,
         **kwargs,
     ):
+        use_fast = resolve_fast_layers(fast_layers)
         bert_ids = np.asarray(bert_ids)
         if bert_ids.ndim != 1 or bert_ids.size == 0:
             raise ValueError(
@@ -148,13 +158,14 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
         x = self.mlm_transform_layer_norm(x)
         logits = self.logits_cast(self.mlm_output_dense(x))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
-        # BERT's attention projections and dropout, faster (fast_layers).
-        use_fast_layers(self)
+        if use_fast:
+            use_fast_layers(self)
 
         # === Config ===
         self.bert_ids = [int(i) for i in bert_ids]
         self.layer_norm_epsilon = layer_norm_epsilon
         self.head_dtype = dtype
+        self.fast_layers = fast_layers
 
         self.initialize_output_rows()
 
@@ -190,6 +201,8 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
             "bert_ids": list(self.bert_ids),
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "dtype": self.head_dtype,
+            # As given: None follows the device of the machine that loads.
+            "fast_layers": self.fast_layers,
         }
 
     @classmethod
@@ -210,6 +223,7 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
         dropout=0.1,
         max_sequence_length=512,
         dtype=None,
+        fast_layers=None,
     ):
         """A randomly initialised BERT of the given size.
 
@@ -218,6 +232,7 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
             vocabulary_size: BERT vocabulary size (default `max(bert_ids)+1`).
             num_layers, num_heads, hidden_dim, intermediate_dim, dropout,
             max_sequence_length, dtype: as `keras_hub.models.BertBackbone`.
+            fast_layers: as `CMLMTeacher` (None: follow the device).
         """
         if vocabulary_size is None:
             vocabulary_size = int(np.max(bert_ids)) + 1
@@ -231,10 +246,14 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
             max_sequence_length=max_sequence_length,
             dtype=dtype,
         )
-        return cls(backbone=backbone, bert_ids=bert_ids)
+        return cls(
+            backbone=backbone, bert_ids=bert_ids, fast_layers=fast_layers
+        )
 
     @classmethod
-    def from_huggingface(cls, directory, bert_ids, dropout=0.1, dtype=None):
+    def from_huggingface(
+        cls, directory, bert_ids, dropout=0.1, dtype=None, fast_layers=None
+    ):
         """Loads a local Hugging Face BERT directory.
 
         The directory holds `config.json` (`model_type: bert`),
@@ -247,6 +266,7 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
             bert_ids: task id -> BERT id.
             dropout: float. Dropout of the backbone.
             dtype: dtype policy (e.g. "mixed_bfloat16"); None: the global one.
+            fast_layers: as `CMLMTeacher` (None: follow the device).
         """
         directory = os.fspath(directory)
         config_path = os.path.join(directory, "config.json")
@@ -262,14 +282,18 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
                 "Expected a BERT checkpoint (config.json model_type 'bert'). "
                 f"Received: model_type={model_type!r} in {directory!r}"
             )
-        teacher = cls._from_backbone_preset(directory, bert_ids, dropout, dtype)
+        teacher = cls._from_backbone_preset(
+            directory, bert_ids, dropout, dtype, fast_layers
+        )
         transform = _read_hf_mlm_transform(directory)
         if transform is not None:
             teacher.load_mlm_transform(*transform)
         return teacher
 
     @classmethod
-    def from_preset(cls, preset, bert_ids, dropout=0.1, dtype=None):
+    def from_preset(
+        cls, preset, bert_ids, dropout=0.1, dtype=None, fast_layers=None
+    ):
         """Loads a keras-hub preset (name or directory) or a HF directory.
 
         For keras-hub presets that ship masked-LM task weights
@@ -285,10 +309,16 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
             dropout: float. Dropout of the backbone (presets with MLM task
                 weights keep their own).
             dtype: dtype policy; None: the global one.
+            fast_layers: as `CMLMTeacher` (None: follow the device).
         """
         directory = resolve_bert_directory(preset)
         if directory is not None and _is_huggingface_dir(directory):
-            return cls.from_huggingface(directory, bert_ids, dropout, dtype)
+            return cls.from_huggingface(
+                directory, bert_ids, dropout, dtype, fast_layers
+            )
+        # keras-hub has no public test for a preset's task weights; its own
+        # `Task.from_preset` asks this function (docs/ARCHITECTURE.md,
+        # "Private APIs we rely on").
         from keras_hub.src.utils.preset_utils import check_file_exists
 
         if check_file_exists(preset, "task.weights.h5"):
@@ -296,23 +326,53 @@ class CMLMTeacher(MultiWorkerFitMixin, keras.Model):
             masked_lm = keras_hub.models.BertMaskedLM.from_preset(
                 preset, preprocessor=None, dtype=dtype
             )
-            teacher = cls(backbone=masked_lm.backbone, bert_ids=bert_ids)
-            head = masked_lm.masked_lm_head
+            teacher = cls(
+                backbone=masked_lm.backbone,
+                bert_ids=bert_ids,
+                fast_layers=fast_layers,
+            )
             teacher.load_mlm_transform(
-                ops.convert_to_numpy(head._intermediate_dense.kernel),
-                ops.convert_to_numpy(head._intermediate_dense.bias),
-                ops.convert_to_numpy(head._intermediate_layer_norm.gamma),
-                ops.convert_to_numpy(head._intermediate_layer_norm.beta),
+                *mlm_transform_weights(masked_lm.masked_lm_head)
             )
             return teacher
-        return cls._from_backbone_preset(preset, bert_ids, dropout, dtype)
+        return cls._from_backbone_preset(
+            preset, bert_ids, dropout, dtype, fast_layers
+        )
 
     @classmethod
-    def _from_backbone_preset(cls, preset, bert_ids, dropout, dtype):
+    def _from_backbone_preset(cls, preset, bert_ids, dropout, dtype, fast):
         backbone = keras_hub.models.BertBackbone.from_preset(
             preset, dropout=dropout, dtype=dtype
         )
-        return cls(backbone=backbone, bert_ids=bert_ids)
+        return cls(backbone=backbone, bert_ids=bert_ids, fast_layers=fast)
+
+
+# The weights of a `keras_hub.layers.MaskedLMHead`'s transform, by the end
+# of their (public) variable paths.
+MLM_TRANSFORM_PATHS = (
+    "intermediate_dense/kernel",
+    "intermediate_dense/bias",
+    "intermediate_layer_norm/gamma",
+    "intermediate_layer_norm/beta",
+)
+
+
+def mlm_transform_weights(head):
+    """`(kernel [in, out], bias, gamma, beta)` of a built
+    `keras_hub.layers.MaskedLMHead`'s transform (dense + LayerNorm), found
+    by their variable paths (`.../intermediate_dense/kernel`, ...)."""
+    found = {}
+    for weight in head.weights:
+        for suffix in MLM_TRANSFORM_PATHS:
+            if weight.path.endswith("/" + suffix):
+                found[suffix] = ops.convert_to_numpy(weight)
+    missing = [suffix for suffix in MLM_TRANSFORM_PATHS if suffix not in found]
+    if missing:
+        raise ValueError(
+            f"The masked-LM head {head.name!r} has no weights ending in "
+            f"{missing}; its weights: {[w.path for w in head.weights]}."
+        )
+    return tuple(found[suffix] for suffix in MLM_TRANSFORM_PATHS)
 
 
 def _is_huggingface_dir(directory):

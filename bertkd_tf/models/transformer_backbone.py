@@ -6,17 +6,20 @@ import keras
 import keras_hub
 from keras import ops
 
-from bertkd_tf.models.fast_layers import use_fast_layers
+from bertkd_tf.layers.fast_layers import (
+    resolve_fast_layers,
+    use_fast_layers,
+)
 
 
 @keras.saving.register_keras_serializable(package="bertkd_tf")
 class TransformerSeq2SeqBackbone(keras.Model):
     """Transformer encoder-decoder ("Attention is all you need") backbone.
 
-    The student of the paper (docs/METHOD.md §4): one token embedding shared
-    by the source and the target, scaled by `sqrt(hidden_dim)` and tied to the
-    output layer (see `TransformerSeq2Seq`), sinusoidal positions, pre- or
-    post-LayerNorm layers from keras-hub. In pre-LN mode
+    The student of the paper (docs/METHOD.md §4): one token embedding
+    shared by the source and the target, scaled by `sqrt(hidden_dim)` and
+    tied to the output layer (see `TransformerSeq2Seq`), sinusoidal
+    positions, pre- or post-LayerNorm layers from keras-hub. In pre-LN mode
     (`normalize_first=True`, the paper's setting) a final LayerNorm follows
     the last encoder layer and the last decoder layer, as in fairseq and
     OpenNMT. `dropout` is applied to the embeddings, the attention
@@ -46,6 +49,10 @@ class TransformerSeq2SeqBackbone(keras.Model):
         activation: feedforward activation, default "relu".
         layer_norm_epsilon: float, LayerNorm epsilon.
         dtype: a dtype policy, e.g. "mixed_bfloat16".
+        fast_layers: True: the CPU fast paths of `bertkd_tf.layers`
+            (`use_fast_layers`); False: stock keras / keras-hub layers only;
+            None (default): True where no GPU or TPU is visible
+            (`resolve_fast_layers`). Same function and weights either way.
 
     Example:
     ```python
@@ -76,8 +83,10 @@ class TransformerSeq2SeqBackbone(keras.Model):
         activation="relu",
         layer_norm_epsilon=1e-5,
         dtype=None,
+        fast_layers=None,
         **kwargs,
     ):
+        use_fast = resolve_fast_layers(fast_layers)
         for name, value in [
             ("vocabulary_size", vocabulary_size),
             ("num_layers", num_layers),
@@ -193,8 +202,8 @@ class TransformerSeq2SeqBackbone(keras.Model):
         if self.decoder_layer_norm is not None:
             x = self.decoder_layer_norm(x)
         super().__init__(inputs=inputs, outputs=x, dtype=dtype, **kwargs)
-        # Faster TensorFlow attention projections and dropout (fast_layers).
-        use_fast_layers(self)
+        if use_fast:
+            use_fast_layers(self)
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -209,6 +218,7 @@ class TransformerSeq2SeqBackbone(keras.Model):
         self.num_decoder_layers = num_decoder_layers
         self.activation = activation
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.fast_layers = fast_layers
 
     def embed_tokens(self, token_ids, dropout_layer, start_index=0):
         """Scaled token embedding + sinusoidal positions + dropout.
@@ -244,6 +254,8 @@ class TransformerSeq2SeqBackbone(keras.Model):
             "num_decoder_layers": self.num_decoder_layers,
             "activation": self.activation,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            # As given: None follows the device of the machine that loads.
+            "fast_layers": self.fast_layers,
             # A functional Model drops its own `dtype`; the layers keep it.
             "dtype": keras.dtype_policies.serialize(
                 self.token_embedding.dtype_policy

@@ -19,13 +19,11 @@ tokenized and filtered exactly as the student reads them
   sha256. No wall-clock times: two dumps of the same teacher and data have
   byte-identical shards and manifests.
 
-Circular masks (docs/METHOD.md §2, Chen et al., ACL 2020): a pair with `T`
-rows gets
-`n = min(P, T)` copies; copy `i` masks target slots `i, i + n, i + 2n, ...`
-(slot `T - 1` is the final `[SEP]`, labelled EOS), so every slot is masked
-exactly once and the source never. All copies of a batch of pairs go
-through the teacher in one forward pass; only the top-K of each masked
-position leaves the device.
+Circular masks (docs/METHOD.md §2, `bertkd_tf.models.circular_masks`): a
+pair with `T` rows gets `n = min(P, T)` copies; copy `i` masks target slots
+`i, i + n, i + 2n, ...`, so every slot is masked exactly once and the
+source never. All copies of a batch of pairs go through the teacher in one
+forward pass; only the top-K of each masked position leaves the device.
 
 Robustness: a shard is written to a temporary name and renamed when
 complete, then recorded in the manifest with its size and sha256. Records
@@ -78,6 +76,11 @@ from bertkd_tf.errors import (
     ConfigError,
     DataError,
 )
+from bertkd_tf.models.circular_masks import (  # noqa: F401 (re-exported)
+    circular_mask_slots,
+    make_top_k_fn,
+    masked_copies,
+)
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 
 MAX_TOP_K = 64
@@ -108,111 +111,6 @@ def read_manifest(directory):
 
 def _write_json_atomic(path, value):
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True))
-
-
-# Circular masks ----------------------------------------------------------
-
-
-def circular_mask_slots(lengths, num_passes):
-    """The copies of a batch and the target slots each one masks.
-
-    Args:
-        lengths: int32 `[B]`, rows per pair (target tokens + the EOS slot,
-            so >= 1).
-        num_passes: P, the most copies of a pair.
-
-    Returns:
-        `(copy_pair, slots, valid)`: int32 `[C]`, the pair of each copy
-        (`C = sum(min(P, lengths))`); int32 `[C, M]`, slot
-        `i + m * min(P, T)` masked by copy `i` of a pair with `T` rows;
-        bool `[C, M]`, which slots exist (`slots < T`).
-    """
-    lengths = tf.cast(lengths, tf.int32)
-    copies = tf.minimum(lengths, num_passes)
-    copy_pair = tf.repeat(tf.range(tf.shape(lengths)[0]), copies)
-    copy_index = tf.ragged.range(copies).flat_values
-    stride = tf.gather(copies, copy_pair)
-    per_copy = tf.reduce_max(-(-lengths // copies))
-    slots = copy_index[:, None] + tf.range(per_copy)[None, :] * stride[:, None]
-    valid = slots < tf.gather(lengths, copy_pair)[:, None]
-    return copy_pair, slots, valid
-
-
-def masked_copies(packed, num_passes, mask_token_id):
-    """Teacher inputs for all circular-mask copies of a packed batch.
-
-    Args:
-        packed: `CMLMPreprocessor.pack` output (`token_ids`, `segment_ids`,
-            `padding_mask` `[B, L]`, `target_start`, `target_length` `[B]`).
-        num_passes: P.
-        mask_token_id: BERT id of `[MASK]`.
-
-    Returns:
-        `(x, copy_pair, slots, valid)`: teacher inputs `[C, L]` and
-        `mask_positions` `[C, M]` (0, the `[CLS]` position, where a slot
-        does not exist: its logits are discarded), and the slot
-        bookkeeping of `circular_mask_slots`.
-    """
-    lengths = packed["target_length"] + 1
-    copy_pair, slots, valid = circular_mask_slots(lengths, num_passes)
-    positions = slots + tf.gather(packed["target_start"], copy_pair)[:, None]
-    positions = tf.where(valid, positions, 0)
-    token_ids = tf.gather(packed["token_ids"], copy_pair)
-    columns = tf.range(tf.shape(token_ids)[1])
-    hit = tf.reduce_any(
-        (columns[None, None, :] == positions[:, :, None]) & valid[:, :, None],
-        axis=1,
-    )
-    x = {
-        "token_ids": tf.where(hit, mask_token_id, token_ids),
-        "segment_ids": tf.gather(packed["segment_ids"], copy_pair),
-        "padding_mask": tf.gather(packed["padding_mask"], copy_pair),
-        "mask_positions": positions,
-    }
-    return x, copy_pair, slots, valid
-
-
-def make_top_k_fn(teacher, preprocessor, num_passes, top_k):
-    """A compiled `pairs -> top-K of every target slot` (traced once).
-
-    The function takes `source_ids` and `target_ids` (int32 `[B, S]`,
-    `[B, T]`, task ids right-padded with 0), packs them with
-    `preprocessor.pack`, runs all circular-mask copies through the teacher
-    in one forward pass and returns `(top_ids int32 [B, T_max + 1, K],
-    top_logits float16 [B, T_max + 1, K], coverage int32 [B, T_max + 1],
-    rows int32 [B])`: row `t` of a pair is target slot `t` (the last, `rows
-    - 1`, the EOS slot); `coverage` counts how often each slot was masked
-    (1 for every slot of a pair, 0 beyond); `rows` = kept target tokens + 1.
-    """
-    matrix = tf.TensorSpec([None, None], tf.int32)
-
-    @tf.function(input_signature=[matrix, matrix])
-    def top_k_fn(source_ids, target_ids):
-        packed = preprocessor.pack(source_ids, target_ids)
-        x, copy_pair, slots, valid = masked_copies(
-            packed, num_passes, preprocessor.mask_token_id
-        )
-        logits = teacher(x, training=False)
-        values, ids = tf.math.top_k(tf.cast(logits, tf.float32), k=top_k)
-        pair_of_slot = tf.broadcast_to(copy_pair[:, None], tf.shape(slots))
-        index = tf.boolean_mask(tf.stack([pair_of_slot, slots], -1), valid)
-        batch = tf.shape(source_ids)[0]
-        rows = packed["target_length"] + 1
-        shape = [batch, tf.shape(target_ids)[1] + 1]
-        top_ids = tf.scatter_nd(
-            index, tf.boolean_mask(ids, valid), shape + [top_k]
-        )
-        top_logits = tf.scatter_nd(
-            index,
-            tf.cast(tf.boolean_mask(values, valid), tf.float16),
-            shape + [top_k],
-        )
-        coverage = tf.scatter_nd(
-            index, tf.ones([tf.shape(index)[0]], tf.int32), shape
-        )
-        return top_ids, top_logits, coverage, rows
-
-    return top_k_fn
 
 
 # Records -----------------------------------------------------------------

@@ -33,6 +33,7 @@ from absl import logging
 from bertkd_tf import checksums
 from bertkd_tf.atomic_files import remove_stale_temporaries, write_text_atomic
 from bertkd_tf.errors import ArtifactError
+from bertkd_tf.layers.fast_layers import loading_layout
 
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -464,7 +465,8 @@ def load_final_weights(model, path, remedy=None):
     """Loads weights written by `save_final` / `write_weights` (optimizer
     state not expected, even when `model` is compiled), after checking the
     file against its recorded SHA-256 (a file without one loads with a
-    warning).
+    warning). A file written with `bertkd_tf.layers`' fast layers on loads
+    into a model with them off, and the reverse (`loading_layout`).
 
     Args:
         model: the built model to load into.
@@ -482,9 +484,12 @@ def load_final_weights(model, path, remedy=None):
 
     checksums.verify_file(path, remedy)
     try:
-        saving_lib.load_weights_only(
-            model, path, objects_to_skip=_optimizer_of(model)
-        )
+        # The file may have been written with the fast layers on or off
+        # (bertkd_tf.layers): its class-named entries decide for the load.
+        with loading_layout(model, path):
+            saving_lib.load_weights_only(
+                model, path, objects_to_skip=_optimizer_of(model)
+            )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ArtifactError(
             f"Cannot load the weights in {path}: {_first_line(error)}. The "

@@ -28,7 +28,7 @@ import keras
 from keras import ops
 
 
-def _trailing_contraction(equation):
+def trailing_contraction(equation):
     """Axes contracted if `equation` is `input,kernel->output` with the
     input's trailing axes contracted against the kernel's leading ones,
     e.g. 2 for `abcd,cde->abe`; None for any other equation."""
@@ -61,7 +61,7 @@ class MatMulEinsumDense(keras.layers.EinsumDense):
     matmul (see the module doc). Same weights, config and results."""
 
     def call(self, inputs, training=None):
-        contracted = _trailing_contraction(self.equation)
+        contracted = trailing_contraction(self.equation)
         if contracted is None or self.quantization_mode is not None:
             return super().call(inputs, training=training)
         kernel = self.kernel  # includes a LoRA update when enabled
@@ -91,7 +91,7 @@ def use_matmul_projections(layer):
     for sublayer in layer._flatten_layers(include_self=True, recursive=True):
         if (
             type(sublayer) is keras.layers.EinsumDense
-            and _trailing_contraction(sublayer.equation) is not None
+            and trailing_contraction(sublayer.equation) is not None
         ):
             object.__setattr__(sublayer, "__class__", MatMulEinsumDense)
             switched += 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertkd_tf.models.fast_layer_normalization import (
+from bertkd_tf.layers.fast_layer_normalization import (
     FastLayerNormalization,
     layer_normalization,
 )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertkd_tf.models.matmul_projections import (
+from bertkd_tf.layers.matmul_projections import (
     MatMulEinsumDense,
-    _trailing_contraction,
+    trailing_contraction,
     use_matmul_projections,
 )
 
@@ -27,8 +27,8 @@ from bertkd_tf.models.matmul_projections import (
         ("abc,abd->cd", None),
     ],
 )
-def test_trailing_contraction(equation, contracted):
-    assert _trailing_contraction(equation) == contracted
+def testtrailing_contraction(equation, contracted):
+    assert trailing_contraction(equation) == contracted
 
 
 @pytest.mark.parametrize(

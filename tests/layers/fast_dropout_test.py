@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertkd_tf.models.fast_dropout import FastDropout, dropout_multiplier
+from bertkd_tf.layers.fast_dropout import FastDropout, dropout_multiplier
 
 SEED = tf.constant([3, 4], tf.int32)
 
