@@ -40,6 +40,7 @@ from absl import app, flags, logging
 
 from bertkd_tf import settings
 from bertkd_tf.atomic_files import write_text_atomic
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.errors import BertkdError, ConfigError
 
 MODES = (
@@ -393,16 +394,35 @@ def _suggestion(name, known):
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+# Configurables whose bound values are checked like run() arguments
+# (`settings.RULES`, by argument name): the decoding settings, bound once
+# in gin/runs/search.gin for every mode that searches.
+_CHECKED_CONFIGURABLES = {"SearchSettings": SearchSettings}
+
+
 def _check_run_settings(mode, function, locations):
-    """Checks the values bound to `run()`'s arguments (`settings.RULES`)."""
+    """Checks the values bound to `run()`'s arguments and to the checked
+    configurables (`SearchSettings`) against `settings.RULES`."""
     from gin import config as gin_config
 
     config = gin_config._CONFIG  # noqa: SLF001
-    parameters = inspect.signature(function).parameters
+    targets = {f"{mode}.run": inspect.signature(function).parameters}
+    targets.update(
+        (name, inspect.signature(cls).parameters)
+        for name, cls in _CHECKED_CONFIGURABLES.items()
+    )
     problems = []
     for (scope, selector), params in config.items():
-        if scope or selector.split(".")[-2:] != [mode, "run"]:
+        parts = selector.split(".")
+        if scope:
             continue
+        if parts[-2:] == [mode, "run"]:
+            label = f"{mode}.run"
+        elif parts[-1] in _CHECKED_CONFIGURABLES:
+            label = parts[-1]
+        else:
+            continue
+        parameters = targets[label]
         for argument, value in sorted(params.items()):
             chain = []
             while (
@@ -431,14 +451,15 @@ def _check_run_settings(mode, function, locations):
             else:
                 origin = _where(locations.get(("", selector, argument)))
             origin = f" ({origin})" if origin else ""
-            problems.append(f"{mode}.run.{argument}{origin} {problem}")
+            problems.append(f"{label}.{argument}{origin} {problem}")
     if problems:
         raise UsageError(
             "Bad setting: "
             + "; ".join(problems)
             + ". Change the value where it is set (gin/runs/"
-            f"{mode}.gin lists the mode's settings; bertkd_tf/runs/{mode}.py "
-            "run() documents them)."
+            f"{mode}.gin lists the mode's settings, gin/runs/search.gin the "
+            f"decoding settings; bertkd_tf/runs/{mode}.py run() documents "
+            "them)."
         )
 
 

@@ -151,6 +151,7 @@ RULES = {
     "mixed_precision": _FLAG,
     "jit_compile": _FLAG,
     "prefix_phases": _FLAG,
+    "use_cache": _FLAG,
     "fuse_output_layer": _FLAG,
     "verbose": Rule("bool", "int", "str", low=0, high=2, choices=("auto",)),
     # Counts and lengths.
@@ -170,6 +171,7 @@ RULES = {
     "pairs_per_shard": _count(),
     "max_new_shards": _count(low=0, none=True),
     "beam_size": _count(),
+    "num_return_sequences": _count(none=True),
     "max_length": _count(),
     "max_length_margin": _count(low=0, none=True),
     "max_source_length": _count(none=True),

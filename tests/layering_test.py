@@ -5,10 +5,15 @@
   `models/`, `training/`, `data/`, ...);
 - only the runs and `bertkd_tf/main.py` import `bertkd_tf.runs`;
 - each name of the work directory's layout, of the teacher-target
-  format and of the circular masks is defined (assigned or def'd) in
+  format, of the circular masks and of the search machinery
+  (`IncrementalDecoder`, `SearchSettings`, `decode_student`, the search
+  loop's helpers, the student protocol) is defined (assigned or def'd) in
   exactly one module; the others import it;
 - `bertkd_tf/layers/` (the CPU fast paths) is the lowest layer: it imports
-  nothing else from the package.
+  nothing else from the package;
+- `bertkd_tf/decoding/` owns the search: it imports nothing from
+  `models/`, `training/`, `export/` or the runs (students implement its
+  `SearchableStudent` protocol; the search never names a model class).
 
 Every `import` counts, including those inside functions. The package read
 is `$BERTKD_LAYERING_ROOT/bertkd_tf` when that is set (e.g. an older tree
@@ -27,7 +32,8 @@ ROOT = os.environ.get("BERTKD_LAYERING_ROOT") or os.path.dirname(
 PACKAGE = "bertkd_tf"
 RUNS = f"{PACKAGE}.runs"
 # Names with one home (`bertkd_tf.artifacts`, `bertkd_tf.data.teacher_targets`,
-# `bertkd_tf.models.circular_masks`).
+# `bertkd_tf.models.circular_masks`, the search in `bertkd_tf.decoding`,
+# the student protocol).
 SINGLE_HOME = (
     "VOCAB_DIR",
     "TEACHER_DIR",
@@ -51,6 +57,43 @@ SINGLE_HOME = (
     "circular_mask_slots",
     "masked_copies",
     "make_top_k_fn",
+    "IncrementalDecoder",
+    "incremental_next_token",
+    "PREFIX_PHASE",
+    "SearchSettings",
+    "decode_student",
+    "NextToken",
+    "SearchableStudent",
+    "check_searchable",
+    "recomputing_next_token",
+    "TiedOutputStudent",
+    "KDStudent",
+    "fusable_output_embedding",
+    "auto_search_shards",
+    "check_search_shards",
+    "MIN_SHARD_ROWS",
+    "write_column",
+    "keep_shapes",
+    "call_next_fn",
+    "phased_while_loop",
+    "doubling_prefix_lengths",
+    "decode_lengths",
+    "check_prefix_lengths",
+    "search_limits",
+)
+# Where some of them must live (the owner, not just one place).
+HOMES = {
+    "IncrementalDecoder": f"{PACKAGE}.decoding.incremental_decoder",
+    "SearchSettings": f"{PACKAGE}.decoding.search_settings",
+    "decode_student": f"{PACKAGE}.decoding.decode",
+    "SearchableStudent": f"{PACKAGE}.decoding.next_token",
+    "TiedOutputStudent": f"{PACKAGE}.models.student",
+    "phased_while_loop": f"{PACKAGE}.decoding.search_loop",
+}
+DECODING = f"{PACKAGE}.decoding"
+# What the search may not import: it serves any student.
+NOT_BELOW_DECODING = tuple(
+    f"{PACKAGE}.{name}" for name in ("models", "training", "export", "runs")
 )
 
 
@@ -204,3 +247,41 @@ def test_layers_package_imports_only_itself():
         "bertkd_tf/layers/ is the lowest layer (keras layers only); it may "
         "not import the rest of bertkd_tf:\n" + "\n".join(offending)
     )
+
+
+@pytest.mark.parametrize("name", sorted(HOMES))
+def test_search_names_live_in_their_home(name):
+    homes = sorted(
+        module
+        for module, (tree, _) in MODULES.items()
+        if name in _definitions(tree)
+    )
+    assert homes == [HOMES[name]], (
+        f"{name} belongs in {HOMES[name]}; defined in: {homes or 'none'}"
+    )
+
+
+def test_decoding_imports_no_model_training_or_run():
+    offending = [
+        f"{module}:{line} imports {name}"
+        for module, (tree, is_package) in sorted(MODULES.items())
+        if _is_under(module, DECODING)
+        for line, name in _imports(module, tree, is_package)
+        if any(_is_under(name, other) for other in NOT_BELOW_DECODING)
+    ]
+    assert not offending, (
+        "bertkd_tf/decoding/ searches any SearchableStudent and must not "
+        "import models, training, export or runs:\n" + "\n".join(offending)
+    )
+
+
+def test_no_module_imports_the_old_incremental_decoder_path():
+    old = f"{PACKAGE}.models.incremental_decoder"
+    assert old not in MODULES
+    offending = [
+        f"{module}:{line}"
+        for module, (tree, is_package) in sorted(MODULES.items())
+        for line, name in _imports(module, tree, is_package)
+        if name == old
+    ]
+    assert not offending, offending

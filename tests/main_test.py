@@ -263,16 +263,30 @@ def test_every_experiment_demo_and_test_gin_dry_runs(mode, gin_files, capsys):
         (
             "evaluate",
             "gin/experiments/multi30k_de_en_evaluate.gin",
-            "evaluate.run.beam_size=0",
-            "evaluate.run.beam_size (set by --gin_bindings) must be an int "
+            "search_settings.SearchSettings.beam_size=0",
+            "SearchSettings.beam_size (set by --gin_bindings) must be an int "
             ">= 1; got 0 (an int)",
+        ),
+        (
+            "evaluate",
+            "gin/experiments/multi30k_de_en_evaluate.gin",
+            "BEAM_SIZE=0",
+            "SearchSettings.beam_size (macro BEAM_SIZE, set by --gin_bindings)"
+            " must be an int >= 1; got 0 (an int)",
         ),
         (
             "export",
             "gin/runs/export.gin",
-            "export.run.jit_compile='yes'",
-            "export.run.jit_compile (set by --gin_bindings) must be True or "
-            "False; got 'yes'",
+            "search_settings.SearchSettings.jit_compile='yes'",
+            "SearchSettings.jit_compile (set by --gin_bindings) must be True "
+            "or False; got 'yes'",
+        ),
+        (
+            "translate",
+            "gin/runs/translate.gin",
+            "search_settings.SearchSettings.max_length_margin=-1",
+            "SearchSettings.max_length_margin (set by --gin_bindings) must be "
+            "an int >= 0 or None; got -1",
         ),
         (
             "train_teacher",

@@ -220,19 +220,6 @@ def test_keras_hub_transformer_decoder_sublayers():
         )
 
 
-def test_tensorflow_xla_dynamic_update_slice():
-    symbol = "tensorflow.compiler.tf2xla.python.xla.dynamic_update_slice"
-    users = "IncrementalDecoder (cache writes)"
-    try:
-        from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
-    except ImportError as error:
-        pytest.fail(_broken(symbol, users, f"import failed: {error}"))
-    out = dynamic_update_slice(
-        tf.zeros([2, 4]), tf.ones([2, 1]), tf.constant([0, 2])
-    )
-    np.testing.assert_array_equal(out.numpy()[:, 2], 1)
-
-
 def test_tensorflow_xla_context_check():
     symbol = (
         "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext"

@@ -77,6 +77,20 @@ ties included (the lower flat index first).
 
 import tensorflow as tf
 
+# F401: decode_lengths and doubling_prefix_lengths are used with the search
+# (Generator, tests) and importable from here as before.
+from bertkd_tf.decoding.search_loop import (  # noqa: F401
+    call_next_fn,
+    check_max_length,
+    check_prefix_lengths,
+    decode_lengths,
+    doubling_prefix_lengths,
+    keep_shapes,
+    phased_while_loop,
+    search_limits,
+    write_column,
+)
+
 # A large negative log probability that stays finite, so that
 # arithmetic on it never produces NaN (-inf - -inf).
 NEG_INF = -1.0e9
@@ -96,35 +110,12 @@ def gnmt_length_penalty(length, length_penalty):
     return tf.pow((5.0 + length) / 6.0, length_penalty)
 
 
-def decode_lengths(source_lengths, max_length, max_length_margin=None):
-    """Per-example maximum output lengths.
-
-    Args:
-        source_lengths: int tensor `[batch]`, source lengths in tokens.
-        max_length: int, the absolute cap.
-        max_length_margin: int or None. When set, an example may generate
-            at most `source_length + max_length_margin` tokens.
-
-    Returns:
-        int32 tensor `[batch]`, each value in `[1, max_length]`.
-    """
-    source_lengths = tf.cast(source_lengths, tf.int32)
-    if max_length_margin is None:
-        lengths = tf.fill(tf.shape(source_lengths), max_length)
-    else:
-        lengths = source_lengths + max_length_margin
-    return tf.clip_by_value(lengths, 1, max_length)
-
-
 def _validate(beam_size, max_length, num_return_sequences):
     if not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(
             f"`beam_size` must be a positive int. Received: {beam_size!r}"
         )
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(
-            f"`max_length` must be a positive int. Received: {max_length!r}"
-        )
+    check_max_length(max_length)
     if num_return_sequences is not None and (
         not isinstance(num_return_sequences, int)
         or not 1 <= num_return_sequences <= beam_size
@@ -133,89 +124,6 @@ def _validate(beam_size, max_length, num_return_sequences):
             "`num_return_sequences` must be None or an int in "
             f"[1, beam_size={beam_size}]. Received: {num_return_sequences!r}"
         )
-
-
-def _write_column(sequences, column, tokens):
-    """Writes `tokens [...]` into `sequences [..., L]` at `column`."""
-    positions = tf.range(tf.shape(sequences)[-1])
-    return tf.where(positions == column, tokens[..., None], sequences)
-
-
-def keep_shapes(outputs, inputs):
-    """Restores static shapes lost by gathers on dynamic indices.
-
-    `tf.while_loop` requires loop variables to keep their shapes; a gather
-    with a computed index can turn a known dimension into `None`.
-    """
-
-    def restore(output, reference):
-        output = tf.convert_to_tensor(output)
-        output.set_shape(reference.shape)
-        return output
-
-    return tf.nest.map_structure(restore, outputs, inputs)
-
-
-def doubling_prefix_lengths(max_length, first=16):
-    """`[first, 2 * first, 4 * first, ...]` below `max_length`, then
-    `max_length`: phases for `prefix_lengths` (one when `max_length <=
-    first`)."""
-    lengths = []
-    length = first
-    while length < max_length:
-        lengths.append(length)
-        length *= 2
-    return lengths + [max_length]
-
-
-def _validate_prefix_lengths(prefix_lengths, max_length):
-    if prefix_lengths is None:
-        return
-    lengths = list(prefix_lengths)
-    if (
-        not lengths
-        or not all(isinstance(n, int) and n > 0 for n in lengths)
-        or lengths != sorted(set(lengths))
-        or lengths[-1] != max_length
-    ):
-        raise ValueError(
-            "`prefix_lengths` must be increasing positive ints ending at "
-            f"max_length={max_length}. Received: {prefix_lengths!r}"
-        )
-
-
-def call_next_fn(next_fn, token_ids, index, state, prefix_length):
-    """`next_fn(token_ids, index, state)`, with `prefix_length=` when the
-    loop runs in phases (see the module docstring)."""
-    if prefix_length is None:
-        return next_fn(token_ids, index, state)
-    return next_fn(token_ids, index, state, prefix_length=prefix_length)
-
-
-def phased_while_loop(cond, body, loop_vars, max_length, prefix_lengths):
-    """`tf.while_loop(cond, body)` over at most `max_length` steps, run in
-    phases that end at `prefix_lengths` (see the module docstring).
-
-    `body(prefix_length, *loop_vars)` gets the phase's static bound (None
-    without phases); `loop_vars[0]` is the step index.
-    """
-    if prefix_lengths is None:
-        return tf.while_loop(
-            cond,
-            lambda *v: body(None, *v),
-            loop_vars,
-            maximum_iterations=max_length,
-        )
-    start = 0
-    for end in prefix_lengths:
-        loop_vars = tf.while_loop(
-            lambda *v, end=end: tf.logical_and(v[0] < end, cond(*v)),
-            lambda *v, end=end: body(end, *v),
-            loop_vars,
-            maximum_iterations=end - start,
-        )
-        start = end
-    return loop_vars
 
 
 # Logits per block in `beam_candidates` (see the module docstring); a
@@ -392,16 +300,12 @@ def beam_search(
     ```
     """
     _validate(beam_size, max_length, num_return_sequences)
-    _validate_prefix_lengths(prefix_lengths, max_length)
+    check_prefix_lengths(prefix_lengths, max_length)
     n_best = num_return_sequences or 1
     k = beam_size
     buffer_length = max_length + 1
-    initial_ids = tf.cast(tf.convert_to_tensor(initial_ids), tf.int32)
-    batch_size = tf.shape(initial_ids)[0]
-    if max_lengths is None:
-        max_lengths = tf.fill([batch_size], max_length)
-    max_lengths = tf.clip_by_value(
-        tf.cast(max_lengths, tf.int32), 1, max_length
+    initial_ids, batch_size, max_lengths = search_limits(
+        initial_ids, max_length, max_lengths
     )
     length_penalty = float(length_penalty)
 
@@ -409,7 +313,7 @@ def beam_search(
     # with log probability 0; the copies start at NEG_INF so that the first
     # step does not pick the same candidate beam_size times.
     start = tf.fill([batch_size, k, buffer_length], tf.constant(pad_id))
-    alive_seq = _write_column(start, 0, tf.tile(initial_ids[:, None], [1, k]))
+    alive_seq = write_column(start, 0, tf.tile(initial_ids[:, None], [1, k]))
     alive_log_probs = tf.tile(
         tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch_size, 1]
     )
@@ -465,7 +369,7 @@ def beam_search(
             logits, alive_log_probs, 2 * k
         )
         candidate_seq = tf.gather(alive_seq, source_beam, batch_dims=1)
-        candidate_seq = _write_column(candidate_seq, index + 1, tokens)
+        candidate_seq = write_column(candidate_seq, index + 1, tokens)
 
         length = index + 1  # generated tokens, this one included
         valid = top_log_probs > NEG_INF / 2

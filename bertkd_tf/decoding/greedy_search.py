@@ -2,12 +2,14 @@
 
 import tensorflow as tf
 
-from bertkd_tf.decoding.beam_search import (
-    _validate_prefix_lengths,
-    _write_column,
+from bertkd_tf.decoding.search_loop import (
     call_next_fn,
+    check_max_length,
+    check_prefix_lengths,
     keep_shapes,
     phased_while_loop,
+    search_limits,
+    write_column,
 )
 
 
@@ -57,19 +59,12 @@ def greedy_search(
     # ids == [[3, 0, 0], [3, 0, 0]]
     ```
     """
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(
-            f"`max_length` must be a positive int. Received: {max_length!r}"
-        )
-    _validate_prefix_lengths(prefix_lengths, max_length)
-    initial_ids = tf.cast(tf.convert_to_tensor(initial_ids), tf.int32)
-    batch_size = tf.shape(initial_ids)[0]
-    if max_lengths is None:
-        max_lengths = tf.fill([batch_size], max_length)
-    max_lengths = tf.clip_by_value(
-        tf.cast(max_lengths, tf.int32), 1, max_length
+    check_max_length(max_length)
+    check_prefix_lengths(prefix_lengths, max_length)
+    initial_ids, batch_size, max_lengths = search_limits(
+        initial_ids, max_length, max_lengths
     )
-    sequences = _write_column(
+    sequences = write_column(
         tf.fill([batch_size, max_length + 1], tf.constant(pad_id)),
         0,
         initial_ids,
@@ -88,7 +83,7 @@ def greedy_search(
         # Finished rows keep writing padding and add nothing to the score.
         tokens = tf.where(finished, pad_id, tokens)
         scores += tf.where(finished, 0.0, token_log_probs)
-        sequences = _write_column(sequences, index + 1, tokens)
+        sequences = write_column(sequences, index + 1, tokens)
         finished |= tf.equal(tokens, eos_id) | (index + 1 >= max_lengths)
         return keep_shapes(
             (index + 1, sequences, scores, finished, state),

@@ -30,18 +30,21 @@ empty output with score 0 without running the model; an empty batch gives
 empty outputs.
 """
 
+import dataclasses
 import json
 import os
 import tempfile
 
 import tensorflow as tf
 
-from bertkd_tf.decoding.generator import (
+from bertkd_tf.decoding.decode import (
     MIN_SHARD_ROWS,
     auto_search_shards,
     check_search_shards,
     decode_student,
 )
+from bertkd_tf.decoding.next_token import check_searchable
+from bertkd_tf.decoding.search_settings import SearchSettings
 
 EXPORT_CONFIG_FILE = "bertkd_export.json"
 
@@ -53,20 +56,23 @@ class ServingModule(tf.Module):
     no Python arguments); export again to change them.
 
     Args:
-        model: a `TransformerSeq2Seq` (`call_encoder`,
-            `call_decoder_with_cache`, `initialize_cache`).
+        model: a `SearchableStudent` (`call_encoder`, `next_token`; see
+            `decoding/next_token.py`), e.g. a `TransformerSeq2Seq`.
         vocabulary: the `TaskVocabulary` the model was trained with.
-        beam_size: int; 1 runs greedy search.
-        length_penalty: float, the GNMT exponent (unused by greedy search).
-        max_length: int, the most WordPieces generated (EOS included).
-        max_length_margin: int or None, per-example cap `source_length +
-            max_length_margin` (source length with EOS), as `Generator`.
+        settings: the `SearchSettings` (None: `SearchSettings(jit_compile=
+            False)`); `beam_size` (1 runs greedy search), `length_penalty`,
+            `max_length` (the most WordPieces generated, EOS included),
+            `max_length_margin` (per-example cap `source_length +
+            max_length_margin`, source with EOS, as `Generator`),
+            `jit_compile` (compile the search with XLA; off by default:
+            TF Serving runs XLA-marked functions on CPU only with
+            `--xla_cpu_compilation_enabled`, and shapes vary per request).
+            The search graph is laid out for TensorFlow's graph mode
+            (dynamic shapes) whatever `jit_compile`; `prefix_phases`,
+            `num_return_sequences` and `use_cache=False` are not served.
         max_source_length: int, the longest encoder input, EOS included;
             longer sources are truncated. Default: the backbone's
             `max_sequence_length`.
-        jit_compile: bool, compile the search with XLA. Off by default:
-            TF Serving runs XLA-marked functions on CPU only with
-            `--xla_cpu_compilation_enabled`, and shapes vary per request.
         search_shards: `"auto"` or a power of two: the most concurrent
             searches a request's batch is split into (as
             `Generator(search_shards=...)`; results are the same). At run
@@ -74,6 +80,8 @@ class ServingModule(tf.Module):
             (`ceil(MIN_SHARD_ROWS / beam_size)` examples), so small
             requests use fewer shards. `"auto"`: `auto_search_shards` on
             the exporting machine (its inter-op threads; 1 with a GPU).
+        **changes: `SearchSettings` fields replacing those of `settings`
+            (`beam_size=4`, `max_length=64`, ...).
 
     Example:
     ```python
@@ -90,69 +98,61 @@ class ServingModule(tf.Module):
         self,
         model,
         vocabulary,
-        beam_size=4,
-        length_penalty=0.6,
-        max_length=100,
-        max_length_margin=50,
+        settings=None,
+        *,
         max_source_length=None,
-        jit_compile=False,
         search_shards="auto",
+        **changes,
     ):
         super().__init__(name="bertkd_serving")
-        for method in (
-            "call_encoder",
-            "call_decoder_with_cache",
-            "initialize_cache",
-        ):
-            if not hasattr(model, method):
-                raise ValueError(
-                    f"`model` must have a `{method}` method (a "
-                    f"TransformerSeq2Seq). Received: {model!r}"
-                )
+        check_searchable(model)
         for attribute in ("tokenize", "detokenize", "save", "eos_id"):
             if not hasattr(vocabulary, attribute):
                 raise ValueError(
                     "`vocabulary` must be a TaskVocabulary. Received: "
                     f"{vocabulary!r}"
                 )
-        if getattr(model.backbone, "vocabulary_size", vocabulary.size) != (
+        owner = getattr(model, "backbone", model)
+        if getattr(owner, "vocabulary_size", vocabulary.size) != (
             vocabulary.size
         ):
             raise ValueError(
                 "The model's vocabulary_size "
-                f"({model.backbone.vocabulary_size}) differs from the task "
+                f"({owner.vocabulary_size}) differs from the task "
                 f"vocabulary's size ({vocabulary.size}): wrong vocab/?"
             )
+        if settings is None:
+            settings = SearchSettings(jit_compile=False)
+        if not isinstance(settings, SearchSettings):
+            raise ValueError(
+                "`settings` must be a SearchSettings or None. Received: "
+                f"settings={settings!r}"
+            )
+        names = {field.name for field in dataclasses.fields(SearchSettings)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(
+                f"Unknown ServingModule argument(s) {unknown}: decoding "
+                f"settings are the SearchSettings fields {sorted(names)}."
+            )
+        settings = settings.replace(**changes)
         if max_source_length is None:
-            max_source_length = model.backbone.max_sequence_length
-        for name, value, low in (
-            ("beam_size", beam_size, 1),
-            ("max_length", max_length, 1),
-            ("max_source_length", max_source_length, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(
-                    f"`{name}` must be an int. Received: {name}={value!r}"
-                )
-            if value < low:
-                raise ValueError(
-                    f"`{name}` must be >= {low}. Received: {name}={value!r}"
-                )
-        if max_length_margin is not None and (
-            not isinstance(max_length_margin, int) or max_length_margin < 0
+            max_source_length = getattr(owner, "max_sequence_length", None)
+        if isinstance(max_source_length, bool) or not isinstance(
+            max_source_length, int
         ):
             raise ValueError(
-                "`max_length_margin` must be None or an int >= 0. Received: "
-                f"max_length_margin={max_length_margin!r}"
+                "`max_source_length` must be an int. Received: "
+                f"max_source_length={max_source_length!r}"
+            )
+        if max_source_length < 2:
+            raise ValueError(
+                "`max_source_length` must be >= 2. Received: "
+                f"max_source_length={max_source_length!r}"
             )
         if check_search_shards(search_shards) == "auto":
             # Requests of any size: the thread count alone decides.
-            search_shards = auto_search_shards(1 << 20, beam_size)
-        if not isinstance(length_penalty, (int, float)):
-            raise ValueError(
-                "`length_penalty` must be a float. Received: "
-                f"length_penalty={length_penalty!r}"
-            )
+            search_shards = auto_search_shards(1 << 20, settings.beam_size)
         self.model = model
         # Keras 3 variables wrap tf.Variables that tf.Module does not find
         # on its own: without this list the SavedModel loads in TF2 but
@@ -160,12 +160,13 @@ class ServingModule(tf.Module):
         # variables uninitialized ("Could not find variable ...").
         self.model_variables = [variable.value for variable in model.variables]
         self._vocabulary = vocabulary
-        self.beam_size = beam_size
-        self.length_penalty = float(length_penalty)
-        self.max_length = max_length
-        self.max_length_margin = max_length_margin
+        self.settings = settings
+        self.beam_size = settings.beam_size
+        self.length_penalty = settings.length_penalty
+        self.max_length = settings.max_length
+        self.max_length_margin = settings.max_length_margin
         self.max_source_length = max_source_length
-        self.jit_compile = jit_compile
+        self.jit_compile = settings.jit_compile
         self.search_shards = search_shards
         self.bos_id = vocabulary.bos_id
         self.eos_id = vocabulary.eos_id
@@ -184,7 +185,7 @@ class ServingModule(tf.Module):
             ],
         )
         self._search_function = tf.function(
-            self._search, jit_compile=jit_compile, autograph=False
+            self._search, jit_compile=self.jit_compile, autograph=False
         )
 
     # --- Settings ----------------------------------------------------------
@@ -212,16 +213,22 @@ class ServingModule(tf.Module):
         """Dense encoder inputs (batch >= 1, length >= 1) -> ids, scores.
 
         `Generator`'s search (`decode_student`) over dynamic batch and
-        source lengths with a `max_length` decoding buffer.
+        source lengths with a `max_length` decoding buffer, laid out for
+        TensorFlow's graph mode (dynamic shapes) and returning the best
+        hypothesis, with the cache.
         """
+        settings = self.settings.replace(
+            jit_compile=False,
+            prefix_phases=False,
+            num_return_sequences=None,
+            use_cache=True,
+        )
         return decode_student(
             self.model,
             encoder_token_ids,
             encoder_padding_mask,
+            settings,
             buffer_length=self.max_length,
-            max_length_margin=self.max_length_margin,
-            beam_size=self.beam_size,
-            length_penalty=self.length_penalty,
             bos_id=self.bos_id,
             eos_id=self.eos_id,
             pad_id=self.pad_id,

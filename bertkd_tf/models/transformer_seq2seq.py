@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from bertkd_tf.decoding.incremental_decoder import incremental_next_token
+from bertkd_tf.decoding.next_token import recomputing_next_token
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 
 
@@ -18,8 +20,13 @@ class TransformerSeq2Seq(keras.Model):
     result is cast so the losses and softmax see float32). The output layer
     is the transposed token embedding (tied weights).
 
-    For incremental decoding it exposes, with the semantics of keras-hub's
-    `BartSeq2SeqLM`:
+    It is a student in the sense of `models/student.py`: trainable with KD
+    through the fused loss (`TiedOutputStudent`: `call_with_hidden`,
+    `tied_output_embedding`) and searchable (`SearchableStudent`:
+    `call_encoder`, `next_token`, the latter through `IncrementalDecoder`).
+
+    For incremental decoding it also exposes, with the semantics of
+    keras-hub's `BartSeq2SeqLM`:
     - `call_encoder(encoder_token_ids, encoder_padding_mask)` -> encoder
       hidden states `[batch, source_length, hidden_dim]`;
     - `call_decoder_with_cache(...)` -> `(logits, hidden_states,
@@ -67,6 +74,65 @@ class TransformerSeq2Seq(keras.Model):
             backbone.token_embedding(hidden_states, reverse=True)
         )
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
+
+    # --- Student protocol (models/student.py) ----------------------------
+
+    def call_with_hidden(self, inputs, training=None):
+        """`(logits, hidden)`: the model's logits and the final decoder
+        states `[batch, decoder_length, hidden_dim]` they are computed from
+        (`logits = float32(hidden @ embeddings^T)`)."""
+        hidden = self.backbone(inputs, training=training)
+        logits = self.logits_cast(
+            self.backbone.token_embedding(hidden, reverse=True)
+        )
+        return logits, hidden
+
+    @property
+    def tied_output_embedding(self):
+        """The token embeddings `[vocabulary, hidden_dim]` when the output
+        layer is exactly the tied `hidden @ embeddings^T` (no separate
+        reverse dtype, soft cap or quantization), else None."""
+        embedding = self.backbone.token_embedding
+        if (
+            embedding.tie_weights
+            and embedding.reverse_dtype is None
+            and embedding.logit_soft_cap is None
+            and embedding.quantization_mode is None
+        ):
+            return embedding.embeddings
+        return None
+
+    def next_token(
+        self,
+        encoder_outputs,
+        encoder_padding_mask,
+        *,
+        settings,
+        buffer_length,
+        bos_id,
+    ):
+        """The search's `NextToken` (decoding/next_token.py): through
+        `IncrementalDecoder` (`settings.use_cache`, laid out for XLA with
+        `settings.jit_compile`), else recomputing the decoder prefix with
+        `call_decoder_with_cache` every step."""
+        if settings.use_cache:
+            return incremental_next_token(
+                self,
+                encoder_outputs,
+                encoder_padding_mask,
+                beam_size=settings.beam_size,
+                buffer_length=buffer_length,
+                xla=settings.jit_compile,
+                prefix_phases=settings.prefix_phases,
+            )
+        return recomputing_next_token(
+            self,
+            encoder_outputs,
+            encoder_padding_mask,
+            beam_size=settings.beam_size,
+            buffer_length=buffer_length,
+            bos_id=bos_id,
+        )
 
     # --- Incremental decoding -------------------------------------------
 

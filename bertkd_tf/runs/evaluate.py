@@ -34,6 +34,7 @@ from bertkd_tf.artifacts import (  # noqa: F401
 )
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.decoding.generator import Generator
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.metrics.scoring import score_hypotheses
 
 EVALUATE_DIR = "evaluate"
@@ -44,6 +45,9 @@ DEFAULT_METRICS = {
     "translation": ("bleu", "sacrebleu", "chrf"),
     "summarization": ("rouge1", "rouge2", "rougeL"),
 }
+
+# The decoding settings without gin (gin binds them in gin/runs/search.gin).
+DEFAULT_SEARCH = SearchSettings(beam_size=5)
 
 
 def _write_lines(path, lines):
@@ -83,15 +87,10 @@ def run(
     work_dir,
     model_dir=STUDENT_DIR,
     split="valid",
-    beam_size=5,
-    length_penalty=0.6,
-    max_length=100,
-    max_length_margin=50,
+    search=DEFAULT_SEARCH,
     batch_size=32,
     metrics=None,
     max_pairs=None,
-    jit_compile=True,
-    prefix_phases=False,
     dtype=None,
     output_dir=None,
     verbose=True,
@@ -104,18 +103,13 @@ def run(
         model_dir: the model's directory under `work_dir` ("student",
             "baseline") or an absolute path.
         split: "valid", "test" or a corpus split name.
-        beam_size: int (1: greedy).
-        length_penalty: GNMT exponent.
-        max_length: absolute cap on generated WordPieces.
-        max_length_margin: per-example cap `source_length + margin`.
+        search: the `SearchSettings` (beam size, 1: greedy; length
+            penalty; max length and margin in WordPieces; XLA; prefix
+            phases), bound once in gin (gin/runs/evaluate.gin).
         batch_size: sentences per batch.
         metrics: names (see `metrics.scoring.METRICS`); None picks by
             `task.kind`.
         max_pairs: decode only the first N pairs.
-        jit_compile: compile the search with XLA.
-        prefix_phases: with XLA, beam search in phases that attend over a
-            growing prefix of the cache (faster steps, longer compilation;
-            see `Generator`).
         dtype: optional dtype policy for the model (e.g. "mixed_bfloat16").
         output_dir: where to write; default
             `<model dir>/evaluate/<split>`.
@@ -134,26 +128,21 @@ def run(
     generator = Generator(
         model,
         vocabulary,
-        jit_compile=jit_compile,
-        prefix_phases=prefix_phases,
+        settings=search,
         max_source_length=task.max_source_length + 1,
     )
     logging.info(
         "Decoding %d pairs of %r (beam %d, length penalty %s).",
         len(pairs),
         split,
-        beam_size,
-        length_penalty,
+        search.beam_size,
+        search.length_penalty,
     )
     start = time.perf_counter()
     hypotheses = generator.generate_all(
         pairs.sources,
         batch_size=batch_size,
         progress=_Progress(len(pairs), verbose),
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        max_length=max_length,
-        max_length_margin=max_length_margin,
     )
     seconds = time.perf_counter() - start
     references = [vocabulary.normalize_reference(t) for t in pairs.targets]
@@ -178,13 +167,13 @@ def run(
         "sentences": len(hypotheses),
         "metrics": scores,
         "decoding": {
-            "beam_size": beam_size,
-            "length_penalty": length_penalty,
-            "max_length": max_length,
-            "max_length_margin": max_length_margin,
+            "beam_size": search.beam_size,
+            "length_penalty": search.length_penalty,
+            "max_length": search.max_length,
+            "max_length_margin": search.max_length_margin,
             "batch_size": batch_size,
-            "jit_compile": jit_compile,
-            "prefix_phases": prefix_phases,
+            "jit_compile": search.jit_compile,
+            "prefix_phases": search.prefix_phases,
             "compilations": generator.compile_count,
         },
         "seconds": seconds,

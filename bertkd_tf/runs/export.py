@@ -34,9 +34,13 @@ from absl import logging
 from bertkd_tf import locking
 from bertkd_tf.artifacts import STUDENT_DIR, load_student, load_vocabulary
 from bertkd_tf.atomic_files import remove_stale_temporaries
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.export.serving_module import EXPORT_CONFIG_FILE, ServingModule
 
 EXPORT_DIR = "export"
+
+# The decoding settings without gin (gin binds them in gin/runs/search.gin).
+DEFAULT_SEARCH = SearchSettings(jit_compile=False)
 
 
 def existing_versions(export_dir):
@@ -63,12 +67,8 @@ def run(
     model_dir=STUDENT_DIR,
     export_dir=None,
     version=None,
-    beam_size=4,
-    length_penalty=0.6,
-    max_length=100,
-    max_length_margin=50,
+    search=DEFAULT_SEARCH,
     max_source_length=None,
-    jit_compile=False,
     search_shards="auto",
     dtype=None,
 ):
@@ -81,16 +81,15 @@ def run(
         export_dir: where versions go; default `work_dir/export`.
         version: positive int, or None for the next timestamp version (see
             the module docstring). An existing version is an error.
-        beam_size: int (1: greedy search).
-        length_penalty: GNMT exponent.
-        max_length: absolute cap on generated WordPieces (EOS included).
-        max_length_margin: per-example cap `source_length + margin`, or
-            None.
+        search: the `SearchSettings`, bound once in gin
+            (gin/runs/export.gin): beam size (1: greedy search), length
+            penalty, max length (WordPieces, EOS included) and margin
+            (per-example cap `source_length + margin`, or None), XLA
+            (`jit_compile`: TF Serving then needs
+            `--xla_cpu_compilation_enabled` on CPU).
         max_source_length: longer inputs are truncated to this many
             WordPieces (EOS excluded, as in `translate`); None: the
             backbone's `max_sequence_length - 1`.
-        jit_compile: mark the search for XLA (TF Serving then needs
-            `--xla_cpu_compilation_enabled` on CPU).
         search_shards: `"auto"` or a power of two, the most concurrent
             searches a request is split into (`ServingModule`).
         dtype: optional dtype policy for the exported model.
@@ -128,14 +127,10 @@ def run(
     module = ServingModule(
         model,
         vocabulary,
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        max_length=max_length,
-        max_length_margin=max_length_margin,
+        search,
         max_source_length=(
             None if max_source_length is None else max_source_length + 1
         ),
-        jit_compile=jit_compile,
         search_shards=search_shards,
     )
     os.makedirs(export_dir, exist_ok=True)

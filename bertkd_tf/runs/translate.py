@@ -17,7 +17,11 @@ from absl import logging
 
 from bertkd_tf.artifacts import STUDENT_DIR, load_student, load_vocabulary
 from bertkd_tf.decoding.generator import Generator
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.errors import MissingInputError
+
+# The decoding settings without gin (gin binds them in gin/runs/search.gin).
+DEFAULT_SEARCH = SearchSettings(beam_size=5)
 
 
 def _read_lines(input_file):
@@ -39,14 +43,9 @@ def run(
     model_dir=STUDENT_DIR,
     input_file=None,
     output_file=None,
-    beam_size=5,
-    length_penalty=0.6,
-    max_length=100,
-    max_length_margin=50,
+    search=DEFAULT_SEARCH,
     max_source_length=256,
     batch_size=32,
-    jit_compile=True,
-    prefix_phases=False,
     dtype=None,
 ):
     """Translates every line; returns `{"output_file", "lines", "seconds"}`.
@@ -56,16 +55,11 @@ def run(
         model_dir: the model's directory under `work_dir` or a path.
         input_file: a text file, or None / "-" for stdin.
         output_file: where to write, or None / "-" for stdout.
-        beam_size: int (1: greedy).
-        length_penalty: GNMT exponent.
-        max_length: absolute cap on generated WordPieces.
-        max_length_margin: per-example cap `source_length + margin`.
+        search: the `SearchSettings` (beam size, 1: greedy; length
+            penalty; max length and margin in WordPieces; XLA; prefix
+            phases), bound once in gin (gin/runs/translate.gin).
         max_source_length: longer inputs are truncated (WordPieces).
         batch_size: lines per batch.
-        jit_compile: compile the search with XLA.
-        prefix_phases: with XLA, beam search in phases that attend over a
-            growing prefix of the cache (faster steps, longer compilation;
-            see `Generator`).
         dtype: optional dtype policy for the model.
     """
     vocabulary = load_vocabulary(work_dir)
@@ -74,8 +68,7 @@ def run(
     generator = Generator(
         model,
         vocabulary,
-        jit_compile=jit_compile,
-        prefix_phases=prefix_phases,
+        settings=search,
         max_source_length=max_source_length + 1,
     )
     start = time.perf_counter()
@@ -86,10 +79,6 @@ def run(
         translated = generator.generate_all(
             [texts[i] for i in nonempty],
             batch_size=batch_size,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            max_length=max_length,
-            max_length_margin=max_length_margin,
         )
         for i, text in zip(nonempty, translated):
             outputs[i] = text

@@ -11,7 +11,7 @@ from bertkd_tf.losses.tied_output_cross_entropy import (
 )
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from bertkd_tf.models.student import fusable_output_embedding
 from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 TEACHER_INPUTS = "teacher_inputs"
@@ -68,7 +68,9 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     ignored).
 
     Fused output layer (`fuse_output_layer=True`, the default): when the
-    student is a `TransformerSeq2Seq` (tied output layer) and the KD term
+    student has that capability (a `TiedOutputStudent` of
+    `models/student.py`: `call_with_hidden` and a non-None
+    `tied_output_embedding`, as `TransformerSeq2Seq`) and the KD term
     has the paper's form, `compute_loss` computes the output layer and both
     loss terms from the decoder's final states in one function
     (`tied_output_cross_entropies`: one softmax shared by the two terms, no
@@ -81,12 +83,16 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     unless compiled metrics read them. The losses are the same functions:
     equal to rounding in float32; under mixed_bfloat16 the shared softmax
     is rounded to bfloat16 (see `tied_output_cross_entropies`). Other
-    students, the Hinton form and `fuse_output_layer=False` compute the
-    losses on the logits.
+    students (plain logits, e.g. `RecurrentSeq2Seq`), the Hinton form and
+    `fuse_output_layer=False` compute the losses on the logits. The choice
+    is `output_layer_fusable`; note that the fused path does not call
+    `TokenCrossEntropy.call` / `TopKDistillationLoss.call` (it uses their
+    `sparse_target`s): a change to a loss must go to both.
 
     Args:
         student: a `keras.Model` mapping the student features to logits
-            `[B, T, V]` (a `TransformerSeq2Seq`).
+            `[B, T, V]` (`models/student.py`: any `KDStudent`, e.g. a
+            `TransformerSeq2Seq` or a `RecurrentSeq2Seq`).
         distillation_weight: float in [0, 1], the weight `w` of the KD term
             (the paper's alpha: 0.5 for IWSLT14 De-En). 0 is the baseline.
         temperature: float > 0, the teacher temperature `T`.
@@ -170,17 +176,11 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
     @property
     def output_layer_fusable(self):
         """Whether `compute_loss` can fuse the student's output layer (see
-        the class doc): a `TransformerSeq2Seq` with a plain tied output."""
-        if not self.fuse_output_layer or not isinstance(
-            self.student, TransformerSeq2Seq
-        ):
-            return False
-        embedding = self.student.backbone.token_embedding
+        the class doc): decided by capability, a `TiedOutputStudent` with
+        a plain tied output (`models.student.fusable_output_embedding`)."""
         return (
-            embedding.tie_weights
-            and embedding.reverse_dtype is None
-            and embedding.logit_soft_cap is None
-            and embedding.quantization_mode is None
+            self.fuse_output_layer
+            and fusable_output_embedding(self.student) is not None
         )
 
     def call(self, inputs, training=None):
@@ -190,10 +190,8 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
             return self.student(inputs, training=training)
         # The student's own function, with its final states kept for
         # `compute_loss`.
-        backbone = self.student.backbone
-        hidden = backbone(inputs, training=training)
-        logits = self.student.logits_cast(
-            backbone.token_embedding(hidden, reverse=True)
+        logits, hidden = self.student.call_with_hidden(
+            inputs, training=training
         )
         self._last_call.outputs = (logits, hidden)
         return logits
@@ -311,7 +309,7 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
                     for t in sparse
                 ]
         embeddings = ops.cast(
-            self.student.backbone.token_embedding.embeddings, hidden.dtype
+            fusable_output_embedding(self.student), hidden.dtype
         )
         per_token = tied_output_cross_entropies(hidden, embeddings, sparse)
         losses = []

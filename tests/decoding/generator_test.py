@@ -241,7 +241,7 @@ def test_validation_messages():
 def test_xla_prefix_phases_agree_with_eager(monkeypatch):
     # Phases of 2, 4, 8 steps (XLA beam search): the same outputs as one
     # loop in graph mode.
-    from bertkd_tf.decoding import generator as generator_module
+    from bertkd_tf.decoding import incremental_decoder as generator_module
 
     monkeypatch.setattr(generator_module, "PREFIX_PHASE", 2)
     model = tiny_model(seed=4)

@@ -12,6 +12,7 @@ from bertkd_tf.data.bert_word_piece_tokenizer import BertWordPieceTokenizer
 from bertkd_tf.data.task import Task
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.generator import Generator
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.runs import evaluate, translate
@@ -22,7 +23,10 @@ BERT_VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s"]
 SOURCES = ["ein hund läuft", "der rote ball", "katze", "ein hund der katze"]
 TARGETS = ["A dog runs", "the red ball", "cat", "a dog the cat"]
 SACREBLEU = os.path.join(os.path.dirname(sys.executable), "sacrebleu")
-SETTINGS = dict(beam_size=2, max_length=6, batch_size=3, jit_compile=False)
+SETTINGS = dict(
+    search=SearchSettings(beam_size=2, max_length=6, jit_compile=False),
+    batch_size=3,
+)
 
 
 def _save_student(model, directory):

@@ -15,13 +15,16 @@ from bertkd_tf.data.bert_word_piece_tokenizer import (
 )
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.text_pairs import read_text_pairs
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.runs import distill, export
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 INSPECT = os.path.join(REPO, "tools", "inspect_export.py")
-SETTINGS = dict(beam_size=2, max_length=5)
+SETTINGS = dict(
+    search=SearchSettings(beam_size=2, max_length=5, jit_compile=False)
+)
 
 
 def _tree(directory):

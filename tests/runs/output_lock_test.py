@@ -17,6 +17,7 @@ from bertkd_tf.data.bert_word_piece_tokenizer import (
 from bertkd_tf.data.task import Task
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.data.text_pairs import read_text_pairs
+from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.errors import LockedError
 from bertkd_tf.locking import DirectoryLock
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
@@ -85,5 +86,10 @@ def test_export_refuses_a_locked_export_directory(
     export_dir = str(work / "export")
     with DirectoryLock(export_dir):
         with pytest.raises(LockedError, match=f"{export_dir} is being"):
-            export.run(work_dir=str(work), beam_size=1, max_length=4)
+            export.run(
+                work_dir=str(work),
+                search=SearchSettings(
+                    beam_size=1, max_length=4, jit_compile=False
+                ),
+            )
     assert os.listdir(export_dir) == []

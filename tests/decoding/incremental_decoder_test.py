@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertkd_tf.models.incremental_decoder import IncrementalDecoder
+from bertkd_tf.decoding.incremental_decoder import IncrementalDecoder
 from tests.models.transformer_seq2seq_test import make_model
 
 SOURCE = np.array([[5, 6, 7, 3, 0], [8, 9, 10, 11, 3]], "int32")

@@ -32,16 +32,77 @@ gathers those indices, and self-attention reads each slot from the beam it
 came from (a gather fused into the attention arithmetic under XLA). The two
 compute the same function; under XLA tracking origins is faster, in
 TensorFlow's graph mode gathering the caches is.
+
+`incremental_next_token` wraps it as the `NextToken` that
+`TransformerSeq2Seq.next_token` hands the search (`decode_student`).
 """
 
 import math
 
 import keras
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
+
+from bertkd_tf.decoding.next_token import NextToken
+from bertkd_tf.decoding.search_loop import doubling_prefix_lengths
 
 # Added to the scores of masked positions (float32 softmax).
 _MASKED = -1.0e9
+# First phase of the prefix-attention search under XLA (see beam_search).
+PREFIX_PHASE = 16
+
+
+def incremental_next_token(
+    model,
+    encoder_hidden,
+    encoder_padding_mask,
+    *,
+    beam_size,
+    buffer_length,
+    xla=False,
+    prefix_phases=False,
+):
+    """The `NextToken` of a `TransformerSeq2Seq` through `IncrementalDecoder`.
+
+    Weights cast once, cross-attention keys/values computed once per
+    example and shared by its beams, one self-attention cache of
+    `buffer_length` slots per layer. `xla=True` arranges beam search for
+    XLA's static shapes (faster there, slower in TensorFlow's graph mode):
+    the state tracks which beam each cache slot came from instead of
+    gathering the caches every step. Greedy search is the same in both.
+    With `xla` and `prefix_phases`, beam search runs in phases of
+    `PREFIX_PHASE`, twice that, ... steps that attend over only that prefix
+    of the cache: faster steps, one compiled copy of the step per phase.
+    """
+    decoder = IncrementalDecoder(model)
+    context = decoder.prepare(encoder_hidden, encoder_padding_mask)
+    positions = decoder.position_table(buffer_length)
+
+    def next_fn(token_ids, index, state, prefix_length=None):
+        last = tf.gather(token_ids, index, axis=1)
+        return decoder.step(
+            context,
+            last,
+            index,
+            state,
+            group_size=beam_size,
+            positions=positions,
+            prefix_length=prefix_length,
+        )
+
+    track_origins = beam_size > 1 and xla
+    initial_state = decoder.initial_state(
+        tf.shape(encoder_hidden)[0], buffer_length, track_origins=track_origins
+    )
+    # Phases pay where the attention reads gathered slots (beam search
+    # under XLA); greedy search's sliced cache costs a copy (measured).
+    prefix_lengths = (
+        doubling_prefix_lengths(buffer_length, PREFIX_PHASE)
+        if track_origins and prefix_phases
+        else None
+    )
+    return NextToken(
+        next_fn, initial_state, decoder.reorder_state, prefix_lengths
+    )
 
 
 class IncrementalDecoder:
@@ -227,8 +288,8 @@ class IncrementalDecoder:
         )
         keys, values = cache
         start = [0, 0, index, 0]
-        keys = dynamic_update_slice(keys, k, start)
-        values = dynamic_update_slice(values, v, start)
+        keys = keras.ops.slice_update(keys, start, k)
+        values = keras.ops.slice_update(values, start, v)
         new_cache = (keys, values)
         if prefix_length is not None:
             keys = keys[:, :, :prefix_length]
@@ -261,8 +322,8 @@ class IncrementalDecoder:
         qkv = _affine(h, params["qkv"])
         q, k, v = (qkv[:, i * d : (i + 1) * d] for i in range(3))
         keys, values = cache
-        keys = dynamic_update_slice(keys, k[:, None, :], [0, index, 0])
-        values = dynamic_update_slice(values, v[:, None, :], [0, index, 0])
+        keys = keras.ops.slice_update(keys, [0, index, 0], k[:, None, :])
+        values = keras.ops.slice_update(values, [0, index, 0], v[:, None, :])
 
         def read(cache):  # [rows, length, heads, head_dim], float32
             flat = tf.reshape(cache, [-1, heads, head_dim])
