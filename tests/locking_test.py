@@ -45,6 +45,7 @@ def holder(tmp_path):
     child.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_naming_pid_and_directory(holder):
     child, directory = holder
     with pytest.raises(LockedError) as error:
@@ -60,6 +61,7 @@ def test_second_process_is_refused_naming_pid_and_directory(holder):
     assert not os.path.exists(os.path.join(directory, locking.LOCK_FILE))
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_process_is_taken_over(holder):
     child, directory = holder
     os.kill(child.pid, signal.SIGKILL)

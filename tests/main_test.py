@@ -47,6 +47,7 @@ def _bertkd(*args, cwd=ROOT):
     )
 
 
+@pytest.mark.slow
 def test_missing_required_macros_named_without_traceback():
     result = _bertkd(
         "--mode=prepare",
@@ -57,6 +58,7 @@ def test_missing_required_macros_named_without_traceback():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_typo_in_binding_is_one_paragraph():
     result = _bertkd(
         "--mode=prepare",
@@ -69,6 +71,7 @@ def test_typo_in_binding_is_one_paragraph():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_mode_rejected():
     result = _bertkd("--mode=prepre")
     assert result.returncode != 0

@@ -116,34 +116,95 @@ def test_reading_k4_from_k8(tmp_path, tokenized, tiny_vocab):
         TeacherTargets.load(directory, top_k=9)
 
 
-def test_alignment_with_student_labels(tmp_path, tokenized, tiny_vocab):
-    """Row t of the targets lines up with the student's label t (EOS last)."""
-    directory = _write_dump(str(tmp_path / "t"), tokenized, tiny_vocab)
-    targets = TeacherTargets.load(directory, top_k=3, vocabulary=tiny_vocab)
+@pytest.fixture(scope="module")
+def real_dump(tmp_path_factory):
+    """A dump written by `dump_teacher.run` (random tiny teacher, P=64 so
+    every copy masks exactly one slot) and the teacher it came from."""
+    from tests.conftest import TINY_CORPUS
+    from tests.dumps import make_dumped_work_dir, tiny_vocabulary
+
+    work_dir = str(tmp_path_factory.mktemp("real_dump") / "work")
+    vocab = tiny_vocabulary()
+    teacher = make_dumped_work_dir(
+        work_dir, vocab, TINY_CORPUS, top_k=4, num_passes=64
+    )
+    return os.path.join(work_dir, "targets"), teacher, vocab
+
+
+def _best_with_each_slot_masked(teacher, preprocessor, source, target):
+    """Per target slot `t` (EOS slot last): the teacher's best id and its
+    margin over the second best, in one pass of copies that each mask only
+    slot `t` (no padding)."""
+    packed = preprocessor.pack(
+        tf.constant(source, tf.int32), tf.constant(target, tf.int32)
+    )
+    rows = len(target) + 1
+    positions = int(packed["target_start"]) + np.arange(rows)
+    token_ids = np.tile(packed["token_ids"].numpy(), (rows, 1))
+    token_ids[np.arange(rows), positions] = preprocessor.mask_token_id
+    logits = teacher(
+        {
+            "token_ids": token_ids,
+            "segment_ids": np.tile(packed["segment_ids"].numpy(), (rows, 1)),
+            "padding_mask": np.tile(packed["padding_mask"].numpy(), (rows, 1)),
+            "mask_positions": positions[:, None].astype("int32"),
+        },
+        training=False,
+    ).numpy()[:, 0]
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    return logits.argmax(-1), top2[:, 1] - top2[:, 0]
+
+
+def test_alignment_with_student_labels(real_dump, tokenized):
+    """Row t of a real dump, read and batched with the student's labels,
+    is the teacher's prediction for label t: its top-1 is the argmax of the
+    teacher with exactly that target slot masked (the EOS slot last)."""
+    from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
+
+    directory, teacher, vocab = real_dump
+    targets = TeacherTargets.load(directory, top_k=3, vocabulary=vocab)
     dataset = targets.join(tokenized)
     assert targets.join_stats == {
         "pairs": 40,
         "joined": 40,
         "dropped_without_targets": 0,
     }
+    preprocessor = CMLMPreprocessor(vocab.bert_ids, max_sequence_length=64)
+    expected = {}
+    for n in range(len(tokenized)):
+        source = tokenized.source[n].numpy()
+        target = tokenized.target[n].numpy()
+        key = (tuple(source) + (vocab.eos_id,), tuple(target) + (vocab.eos_id,))
+        expected[key] = _best_with_each_slot_masked(
+            teacher, preprocessor, source, target
+        )
     batcher = TokenBudgetBatcher(256, [16, 32], drop_remainder=False)
-    batches = student_dataset(
-        dataset, batcher, tiny_vocab.bos_id, tiny_vocab.eos_id
-    )
-    seen = 0
+    batches = student_dataset(dataset, batcher, vocab.bos_id, vocab.eos_id)
+    seen = checked = 0
     for x, y, sample_weight in batches:
         labels = y["labels"].numpy()
         assert y["teacher_ids"].shape == labels.shape + (3,)
         assert y["teacher_logits"].shape == labels.shape + (3,)
         real = sample_weight.numpy() > 0
-        # The fake teacher's best id is the label, at every real position,
-        # the EOS slot included; padding rows are zero.
-        np.testing.assert_array_equal(
-            y["teacher_ids"].numpy()[..., 0][real], labels[real]
-        )
         assert np.all(y["teacher_logits"].numpy()[~real] == 0)
+        assert np.all(y["teacher_ids"].numpy()[~real] == 0)
+        encoder = x["encoder_token_ids"].numpy()
+        encoder_real = x["encoder_padding_mask"].numpy() > 0
+        for row in range(len(labels)):
+            key = (
+                tuple(encoder[row][encoder_real[row]]),
+                tuple(labels[row][real[row]]),
+            )
+            best, margin = expected[key]
+            top1 = y["teacher_ids"].numpy()[row, real[row], 0]
+            clear = margin > 1e-4  # float32 near-ties may go either way
+            np.testing.assert_array_equal(top1[clear], best[clear])
+            checked += int(clear.sum())
+            # Rows are sorted by logit, highest first.
+            row_logits = y["teacher_logits"].numpy()[row, real[row]]
+            assert np.all(np.diff(row_logits, axis=-1) <= 0)
         last = real.sum(axis=1) - 1
-        assert np.all(labels[np.arange(len(labels)), last] == tiny_vocab.eos_id)
+        assert np.all(labels[np.arange(len(labels)), last] == vocab.eos_id)
         # Labels are the decoder inputs shifted by one (BOS first).
         decoder = x["decoder_token_ids"].numpy()
         np.testing.assert_array_equal(
@@ -151,6 +212,7 @@ def test_alignment_with_student_labels(tmp_path, tokenized, tiny_vocab):
         )
         seen += len(labels)
     assert seen == 40
+    assert checked >= 0.95 * int(targets.lengths.sum())
 
 
 def test_attach_to_a_dataset(tmp_path, tokenized, tiny_vocab):

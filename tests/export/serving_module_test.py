@@ -215,12 +215,14 @@ def exported(tmp_path_factory):
     return path, model, vocabulary, source_ids, answer
 
 
+@pytest.mark.slow
 def test_loads_without_bertkd_tf_and_lists_both_signatures(exported):
     _, _, _, _, answer = exported
     assert answer["imported_bertkd_tf"] is False
     assert answer["signatures"] == ["serve_token_ids", "serving_default"]
 
 
+@pytest.mark.slow
 def test_serving_default_matches_generate(exported):
     _, model, vocabulary, _, answer = exported
     expected, scores = model.generate(
@@ -237,6 +239,7 @@ def test_serving_default_matches_generate(exported):
     assert answer["batch"]["shapes"] == [[8], [8]]
 
 
+@pytest.mark.slow
 def test_serve_token_ids_matches_generate(exported):
     _, model, vocabulary, source_ids, answer = exported
     expected, scores = model.generate(
@@ -253,6 +256,7 @@ def test_serve_token_ids_matches_generate(exported):
     assert np.all(token_ids[mask == 0] == 0)
 
 
+@pytest.mark.slow
 def test_long_and_non_latin_inputs(exported):
     _, model, vocabulary, _, answer = exported
     outputs = answer["batch"]["outputs"]
@@ -271,6 +275,7 @@ def test_long_and_non_latin_inputs(exported):
     assert outputs[-2] and isinstance(outputs[-2], str)
 
 
+@pytest.mark.slow
 def test_empty_strings_and_empty_batches(exported):
     _, model, vocabulary, _, answer = exported
     empties = answer["empties"]
@@ -293,6 +298,7 @@ def test_empty_strings_and_empty_batches(exported):
     assert answer["ids_no_columns"]["shape"] == [2, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, expected",
     [
@@ -317,6 +323,7 @@ def test_serve_token_ids_refuses_bad_inputs_with_a_clear_message(
         assert "encoder_token_ids, [batch, length]" in message
 
 
+@pytest.mark.slow
 def test_saved_model_cli_show_and_run(exported):
     path = exported[0]
     shown, ran = run_saved_model_cli(
@@ -345,6 +352,7 @@ def test_saved_model_cli_show_and_run(exported):
     assert repr(expected.encode())[1:] in ran
 
 
+@pytest.mark.slow
 def test_assets_and_settings_are_exported(exported):
     path, _, vocabulary, _, _ = exported
     assets = sorted(os.listdir(os.path.join(path, "assets")))

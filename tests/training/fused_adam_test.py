@@ -136,6 +136,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_equals_keras_adam_and_one_replica():
     proc = run_script(MIRRORED_SCRIPT)
     out, err = proc.communicate(timeout=240)
