@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bertkd_tf.errors import DataError
+from bertkd_tf.errors import ConfigError, DataError, MissingInputError
 
 
 def _open_binary(path):
@@ -208,16 +208,39 @@ def read_tfds_pairs(
         download: whether TFDS may download and prepare the data (off by
             default: runs never touch the network unless asked).
         max_pairs: read at most this many examples.
+
+    Raises:
+        MissingInputError (a FileNotFoundError): the dataset is not
+            prepared in `data_dir` and `download` is off; names the gin
+            settings (`task.Task.download`, `task.Task.data_dir`) and
+            `tools/get_data/fetch.py`.
+        ConfigError: TFDS has no dataset `name`.
     """
     import tensorflow_datasets as tfds
 
-    dataset = tfds.load(
-        name,
-        split=split,
-        data_dir=data_dir,
-        download=download,
-        shuffle_files=False,
-    )
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        raise ConfigError(
+            f"TFDS has no dataset {name!r} (task.Task.tfds_name): check the "
+            "name against the TFDS catalogue "
+            "(https://www.tensorflow.org/datasets/catalog)."
+        ) from None
+    if download:
+        builder.download_and_prepare()
+    elif not builder.is_prepared():
+        raise MissingInputError(
+            f"The TFDS dataset {name!r} (version {builder.info.version}) is "
+            f"not prepared in {builder.data_dir_root} (task.Task.data_dir, "
+            "set by DATA_DIR), and the task may not download it "
+            "(task.Task.download = False, the default: runs never touch the "
+            "network unless asked). Prepare it once with `python "
+            f"tools/get_data/fetch.py tfds:{name} DATA_DIR` (network), or "
+            "let the run download it with "
+            "--gin_bindings='task.Task.download = True', or point DATA_DIR "
+            "at the TFDS data directory that holds it."
+        )
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
     keys = set(dataset.element_spec)
     for key, role in ((source_key, "source_key"), (target_key, "target_key")):
         if key not in keys:
