@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bertkd_tf.layers.fast_dropout import FastDropout
+from bertkd_tf.layers.fast_layer_normalization import FastLayerNormalization
+from bertkd_tf.layers.matmul_projections import MatMulEinsumDense
+
 # --- Import table (the one place that names module paths) ------------------
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
-from bertkd_tf.models.fast_dropout import FastDropout
-from bertkd_tf.models.fast_layer_normalization import FastLayerNormalization
-from bertkd_tf.models.matmul_projections import MatMulEinsumDense
+from bertkd_tf.models.recurrent_seq2seq import RecurrentSeq2Seq
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.training.distillation_model import DistillationModel
@@ -124,6 +126,18 @@ def _backbone(dtype=None, dropout=0.1):
 
 def _student(dtype=None, dropout=0.1):
     return TransformerSeq2Seq(_backbone(dtype, dropout))
+
+
+def _recurrent_student(dtype=None, dropout=None):
+    del dropout  # The GRU student has no dropout.
+    keras.utils.set_random_seed(0)
+    return RecurrentSeq2Seq(
+        vocabulary_size=VOCAB,
+        embedding_dim=8,
+        hidden_dim=12,
+        max_sequence_length=32,
+        dtype=dtype,
+    )
 
 
 def _teacher(dtype=None, dropout=0.1):
@@ -248,6 +262,7 @@ CLASSES = {
     "FastDropout": (_dropout, _call_floats, "layer"),
     "TransformerSeq2SeqBackbone": (_backbone, _call_student_features, "model"),
     "TransformerSeq2Seq": (_student, _call_student_features, "model"),
+    "RecurrentSeq2Seq": (_recurrent_student, _call_student_features, "model"),
     "CMLMTeacher": (_teacher, _call_teacher, "model"),
     "DistillationModel": (
         _distillation_model,
@@ -313,6 +328,7 @@ PRECISION_OUTPUT = {
     "FastDropout": "bfloat16",
     "TransformerSeq2SeqBackbone": "bfloat16",
     "TransformerSeq2Seq": "float32",
+    "RecurrentSeq2Seq": "float32",
     "CMLMTeacher": "float32",
     "DistillationModel": "float32",
 }

@@ -78,25 +78,41 @@ class RecurrentSeq2Seq(keras.Model):
         self.hidden_dim = hidden_dim
         self.max_sequence_length = max_sequence_length
         self.token_embedding = keras.layers.Embedding(
-            vocabulary_size, embedding_dim, name="token_embedding"
+            vocabulary_size,
+            embedding_dim,
+            name="token_embedding",
+            dtype=self.dtype_policy,
         )
         self.encoder_rnn = keras.layers.GRU(
-            hidden_dim, return_sequences=True, return_state=True, name="encoder"
+            hidden_dim,
+            return_sequences=True,
+            return_state=True,
+            name="encoder",
+            dtype=self.dtype_policy,
         )
         self.decoder_cell = keras.layers.GRUCell(
-            hidden_dim, name="decoder_cell"
+            hidden_dim, name="decoder_cell", dtype=self.dtype_policy
         )
         self.decoder_rnn = keras.layers.RNN(
-            self.decoder_cell, return_sequences=True, name="decoder"
+            self.decoder_cell,
+            return_sequences=True,
+            name="decoder",
+            dtype=self.dtype_policy,
         )
         self.attention_query = keras.layers.Dense(
-            hidden_dim, use_bias=False, name="attention_query"
+            hidden_dim,
+            use_bias=False,
+            name="attention_query",
+            dtype=self.dtype_policy,
         )
         self.combine = keras.layers.Dense(
-            hidden_dim, activation="tanh", name="combine"
+            hidden_dim,
+            activation="tanh",
+            name="combine",
+            dtype=self.dtype_policy,
         )
         self.output_projection = keras.layers.Dense(
-            vocabulary_size, name="output_projection"
+            vocabulary_size, name="output_projection", dtype=self.dtype_policy
         )
 
     # --- Forward pass ------------------------------------------------------
