@@ -285,3 +285,82 @@ def test_no_module_imports_the_old_incremental_decoder_path():
         if name == old
     ]
     assert not offending, offending
+
+
+# The layer order of docs/ARCHITECTURE.md, lowest first: a module imports
+# only from its own rank or below.
+RANKS = (
+    (
+        "errors",
+        "atomic_files",
+        "checksums",
+        "locking",
+        "settings",
+        "keras_compat",
+        "layers",
+        "losses",
+        "metrics",
+    ),
+    ("data", "models", "training", "decoding", "export"),
+    ("artifacts",),
+    ("runs", "main"),
+)
+
+
+def _rank(name):
+    """Rank of a `bertkd_tf.*` module (None: the package itself)."""
+    parts = name.split(".")
+    if len(parts) < 2:
+        return None
+    for rank, tops in enumerate(RANKS):
+        if parts[1] in tops:
+            return rank
+    raise AssertionError(f"{name}: not in any rank of RANKS; add it there")
+
+
+def test_no_module_imports_a_higher_layer():
+    offending = []
+    for module, (tree, is_package) in sorted(MODULES.items()):
+        own = _rank(module)
+        for line, name in _imports(module, tree, is_package):
+            if not _is_under(name, PACKAGE):
+                continue
+            other = _rank(name)
+            if own is not None and other is not None and other > own:
+                offending.append(f"{module}:{line} imports {name}")
+    assert not offending, (
+        "A module imports a module of a higher layer (order, lowest first: "
+        + " < ".join("/".join(r) for r in RANKS)
+        + "):\n"
+        + "\n".join(offending)
+    )
+
+
+# Within the middle layer: `training/` builds on `models/` (the student
+# protocol), `models/` and `export/` on `decoding/`, all on `data/`;
+# never the reverse.
+MIDDLE_ORDER = ("data", "decoding", "models", "training", "export")
+
+
+def test_middle_layer_has_no_cycles():
+    offending = []
+    for module, (tree, is_package) in sorted(MODULES.items()):
+        parts = module.split(".")
+        if len(parts) < 2 or parts[1] not in MIDDLE_ORDER:
+            continue
+        own = MIDDLE_ORDER.index(parts[1])
+        for line, name in _imports(module, tree, is_package):
+            other = name.split(".")
+            if (
+                len(other) > 1
+                and other[0] == PACKAGE
+                and other[1] in MIDDLE_ORDER
+                and MIDDLE_ORDER.index(other[1]) > own
+            ):
+                offending.append(f"{module}:{line} imports {name}")
+    assert not offending, (
+        "Order of the middle layer, lowest first: "
+        + " < ".join(MIDDLE_ORDER)
+        + "; these imports go upwards:\n"
+        + "\n".join(offending)
+    )

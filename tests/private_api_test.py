@@ -141,7 +141,7 @@ def test_layer_seed_generators():
 
 def test_model_maybe_symbolic_build():
     symbol = "keras.Model._maybe_symbolic_build"
-    users = "training/keras_compat.py (MultiWorkerFitMixin)"
+    users = "bertkd_tf/keras_compat.py (MultiWorkerFitMixin)"
     method = getattr(keras.Model, "_maybe_symbolic_build", None)
     assert method is not None, _broken(symbol, users, "missing")
     assert _parameters(method) == [

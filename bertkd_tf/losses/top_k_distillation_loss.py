@@ -36,6 +36,13 @@ class TopKDistillationLoss(keras.losses.Loss):
     Reduction `"mean_with_sample_weight"`: pass the decoder padding mask as
     `sample_weight`; padding never counts.
 
+    Note: `DistillationModel` trains a student whose output layer is its
+    tied embedding (`TransformerSeq2Seq`) through the fused path by default
+    (`fuse_output_layer=True`): the same loss computed from the hidden
+    states in `losses/tied_output_cross_entropy.py`, not through this
+    class's `call`. A change to the loss goes into both (the tests check
+    that the two agree), or set `fuse_output_layer=False`.
+
     Args:
         temperature: float > 0, `T` above (paper: 10 for IWSLT14 De-En).
         form: `"paper"` or `"hinton"`.

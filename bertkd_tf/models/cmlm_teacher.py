@@ -9,11 +9,11 @@ import numpy as np
 from keras import ops
 
 from bertkd_tf.data.bert_word_piece_tokenizer import resolve_bert_directory
+from bertkd_tf.keras_compat import MultiWorkerFitMixin
 from bertkd_tf.layers.fast_layers import (
     resolve_fast_layers,
     use_fast_layers,
 )
-from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 HEAD_LAYER_NAMES = (
     "mlm_transform_dense",

@@ -6,13 +6,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from bertkd_tf.keras_compat import MultiWorkerFitMixin
 from bertkd_tf.losses.tied_output_cross_entropy import (
     tied_output_cross_entropies,
 )
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
 from bertkd_tf.models.student import fusable_output_embedding
-from bertkd_tf.training.keras_compat import MultiWorkerFitMixin
 
 TEACHER_INPUTS = "teacher_inputs"
 
