@@ -6,7 +6,10 @@ teacher targets dumped by `dump_teacher`; `distillation_weight = 0` trains
 the plain Transformer baseline (no targets needed).
 
 Reads `WORK_DIR/vocab/` (from `prepare`), the task's text pairs and, when
-distilling, the teacher targets under `WORK_DIR/targets/` (through
+distilling, the teacher targets under `WORK_DIR/targets/`: streamed from
+the shards (`stream_targets=True`: `teacher_targets.StreamingTargets`,
+memory bounded by a few shards) or loaded into memory and joined with the
+pairs by id (`stream_targets=False`, a version-1 dump, or a custom
 `teacher_targets_fn`). Writes into `WORK_DIR/<model_dir>/` (`student/` when
 distilling, `baseline/` otherwise, unless `model_dir` is given):
 
@@ -84,21 +87,9 @@ def build_student(vocabulary_size, backbone_fn=None, dtype=None):
     return TransformerSeq2Seq(backbone=backbone)
 
 
-def _default_teacher_targets_fn(
-    dataset,
-    targets_dir,
-    split,
-    top_k,
-    *,
-    vocabulary=None,
-    train_pairs=None,
-    teacher_dir=None,
-):
-    """`attach_teacher_targets`, refusing (`ArtifactError`) targets dumped
-    with another task vocabulary than `vocabulary`, from other pairs than
-    `train_pairs` (the `TokenizedPairs` of `dataset`), or from another
-    teacher than the one saved in `teacher_dir` (checked when it holds a
-    finished teacher)."""
+def _expected_teacher(teacher_dir, targets_dir):
+    """The fingerprint of the teacher in `teacher_dir`, or None (warned)
+    when it holds no finished teacher."""
     fingerprint = None
     if teacher_dir is not None:
         if tf.io.gfile.isdir(teacher_dir):
@@ -118,19 +109,99 @@ def _default_teacher_targets_fn(
                 teacher_dir,
                 targets_dir,
             )
+    return fingerprint
+
+
+def _default_teacher_targets_fn(
+    dataset,
+    targets_dir,
+    split,
+    top_k,
+    *,
+    vocabulary=None,
+    train_pairs=None,
+    teacher_dir=None,
+):
+    """`attach_teacher_targets`, refusing (`ArtifactError`) targets dumped
+    with another task vocabulary than `vocabulary`, from other pairs than
+    `train_pairs` (the `TokenizedPairs` of `dataset`), or from another
+    teacher than the one saved in `teacher_dir` (checked when it holds a
+    finished teacher)."""
     return teacher_targets.attach_teacher_targets(
         dataset,
         targets_dir,
         split=split,
         top_k=top_k,
         vocabulary=vocabulary,
-        teacher_fingerprint=fingerprint,
+        teacher_fingerprint=_expected_teacher(teacher_dir, targets_dir),
         teacher_dir=teacher_dir,
         data_fingerprint=(
             None
             if train_pairs is None
             else teacher_targets.data_fingerprint(train_pairs)
         ),
+    )
+
+
+def _open_streaming_targets(
+    targets_dir, split, top_k, *, vocabulary, train_pairs, teacher_dir
+):
+    """`StreamingTargets.open` with the checks of
+    `_default_teacher_targets_fn` (vocabulary, teacher, data, split, every
+    shard's size and sha256), or None, with a warning, when the dump cannot
+    be streamed (a version-1 dump: read in memory as before)."""
+    problem = teacher_targets.stream_problem(targets_dir)
+    if problem is not None:
+        logging.warning(
+            "distill: the teacher targets in %s cannot be streamed (%s): "
+            "reading them in memory and joining them with the pairs by id "
+            "instead. Dump the teacher again (into a new output_dir) to "
+            "stream them.",
+            targets_dir,
+            problem,
+        )
+        return None
+    return teacher_targets.StreamingTargets.open(
+        targets_dir,
+        top_k,
+        vocabulary=vocabulary,
+        teacher_fingerprint=_expected_teacher(teacher_dir, targets_dir),
+        teacher_dir=teacher_dir,
+        data_fingerprint=teacher_targets.data_fingerprint(train_pairs),
+        split=split,
+    )
+
+
+def input_context(distribution):
+    """This process's share of the input under `distribution`: a
+    `tf.distribute.InputContext` with its index among the workers of the
+    cluster (chief first) and their number; one pipeline without a cluster
+    and under `TPUStrategy` (one client process feeds every TPU host).
+
+    Streamed targets are sharded by it explicitly (each worker reads its own
+    shard files) rather than by `experimental_distribute_dataset`'s FILE
+    auto-sharding, which cannot reach the files through the token-budget
+    batching (TensorFlow 2.21 stops at `group_by_window`'s captured
+    tensors: "Did not find a shardable source").
+    """
+    from tensorflow.python.distribute import multi_worker_util
+
+    replicas = distribution.num_replicas_in_sync
+    resolver = getattr(distribution, "cluster_resolver", None)
+    spec = resolver.cluster_spec() if resolver is not None else None
+    if (
+        isinstance(distribution, tf.distribute.TPUStrategy)
+        or spec is None
+        or not spec.as_dict()
+        or resolver.task_type not in ("chief", "worker")
+    ):
+        return tf.distribute.InputContext(1, 0, replicas)
+    return tf.distribute.InputContext(
+        multi_worker_util.worker_count(spec, resolver.task_type),
+        multi_worker_util.id_in_cluster(
+            spec, resolver.task_type, resolver.task_id
+        ),
+        replicas,
     )
 
 
@@ -141,6 +212,7 @@ def make_datasets(
     bos_id,
     eos_id,
     attach_targets=None,
+    train_examples_fn=None,
 ):
     """`(train_dataset_fn, valid_dataset)` for `fit_resumable`.
 
@@ -148,18 +220,24 @@ def make_datasets(
     shuffled with seed `batcher.seed + seed_offset` (reshuffled each pass).
     `attach_targets(dataset)` adds the teacher targets to the training
     examples (offline distillation); validation uses the labels only.
+    `train_examples_fn(seed)`, when given, is the infinite, shuffled
+    training examples instead (`StreamingTargets.dataset`: examples with
+    their targets, streamed; `train_pairs` and `attach_targets` are then
+    not used for training).
     """
-    base = train_pairs.to_dataset()
-    if attach_targets is not None:
-        base = attach_targets(base)
-    size = len(train_pairs)
+    if train_examples_fn is None:
+        base = train_pairs.to_dataset()
+        if attach_targets is not None:
+            base = attach_targets(base)
+        size = len(train_pairs)
+
+        def train_examples_fn(seed):
+            return base.shuffle(
+                size, seed=seed, reshuffle_each_iteration=True
+            ).repeat()
 
     def train_dataset_fn(seed_offset):
-        examples = base.shuffle(
-            size,
-            seed=batcher.seed + int(seed_offset),
-            reshuffle_each_iteration=True,
-        ).repeat()
+        examples = train_examples_fn(batcher.seed + int(seed_offset))
         return student_dataset(
             examples, batcher, bos_id, eos_id, seed_offset=seed_offset
         ).prefetch(tf.data.AUTOTUNE)
@@ -239,6 +317,8 @@ def run(
     mixed_precision=False,
     jit_compile=False,
     fuse_output_layer=True,
+    stream_targets=True,
+    stream_shuffle_buffer=teacher_targets.STREAM_SHUFFLE_BUFFER,
     seed=0,
     verbose="auto",
 ):
@@ -289,6 +369,16 @@ def run(
         jit_compile: compile the train step with XLA.
         fuse_output_layer: compute the student's tied output layer inside
             the loss (`DistillationModel`; False: logits, then the losses).
+        stream_targets: stream the training examples with their targets
+            from the dump's shards (`teacher_targets.StreamingTargets`:
+            memory bounded by a few shards, whatever the dump's size; the
+            shards' order is seeded per pass, then examples are shuffled in
+            a buffer of `stream_shuffle_buffer`) instead of loading all
+            targets into memory and joining them with the pairs by id (one
+            uniform shuffle of all pairs per pass). Same checks either way;
+            other batches (docs/ARCHITECTURE.md). A version-1 dump, or a
+            custom `teacher_targets_fn`, is read in memory (warned).
+        stream_shuffle_buffer: examples in the streaming shuffle buffer.
         seed: seed of initialisation and data order.
         verbose: Keras progress bar setting.
     """
@@ -319,19 +409,46 @@ def run(
             task.max_source_length,
             task.max_target_length,
         )
-    attach_targets = None
+    attach_targets = train_examples_fn = stream = None
     if distilling:
         # Relative to work_dir unless absolute.
         targets_dir = os.path.join(work_dir, targets_dir or TARGETS_DIR)
-        targets_fn = teacher_targets_fn or functools.partial(
-            _default_teacher_targets_fn,
-            vocabulary=vocab,
-            train_pairs=train_pairs,
-            teacher_dir=os.path.join(work_dir, teacher_dir or TEACHER_DIR),
-        )
+        teacher_dir = os.path.join(work_dir, teacher_dir or TEACHER_DIR)
+        if stream_targets and teacher_targets_fn is not None:
+            logging.warning(
+                "distill: stream_targets=True ignored: a teacher_targets_fn "
+                "is given; it attaches the targets in memory."
+            )
+        elif stream_targets:
+            stream = _open_streaming_targets(
+                targets_dir,
+                "train",
+                top_k,
+                vocabulary=vocab,
+                train_pairs=train_pairs,
+                teacher_dir=teacher_dir,
+            )
+        if stream is not None:
+            context = input_context(distribution)
 
-        def attach_targets(dataset):
-            return targets_fn(dataset, targets_dir, "train", top_k)
+            def train_examples_fn(seed):
+                return stream.dataset(
+                    seed=seed,
+                    repeat=True,
+                    shuffle_buffer=stream_shuffle_buffer,
+                    input_context=context,
+                )
+
+        else:
+            targets_fn = teacher_targets_fn or functools.partial(
+                _default_teacher_targets_fn,
+                vocabulary=vocab,
+                train_pairs=train_pairs,
+                teacher_dir=teacher_dir,
+            )
+
+            def attach_targets(dataset):
+                return targets_fn(dataset, targets_dir, "train", top_k)
 
     # +1: EOS on the encoder side, BOS/EOS on the decoder side.
     longest = max(task.max_source_length, task.max_target_length) + 1
@@ -348,6 +465,7 @@ def run(
         vocab.bos_id,
         vocab.eos_id,
         attach_targets=attach_targets,
+        train_examples_fn=train_examples_fn,
     )
 
     with distribution.scope():

@@ -10,8 +10,10 @@ tokenized and filtered exactly as the student reads them
   pair order: `id` (int64), `length` (int64: rows `T` = target tokens + the
   EOS slot), `top_k` (int64), `teacher_ids` (bytes: int32 little-endian
   `[T, K]`, task ids) and `teacher_logits` (bytes: float16 little-endian
-  `[T, K]`), each row sorted by logit, highest first (the format, with
-  `serialize_targets` and the reader's `parse_targets`, is
+  `[T, K]`), each row sorted by logit, highest first, and (format version
+  2) the pair's `source_ids` and `target_ids` (int64 lists of task ids, no
+  BOS/EOS), so the student can stream whole examples from the shards (the
+  format, with `serialize_targets` and the readers, is
   `bertkd_tf.data.teacher_targets`);
 - `manifest.json`: fingerprints of the teacher checkpoint, the task
   vocabulary and the tokenized pairs, K, P, the number of pairs and
@@ -205,6 +207,11 @@ def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
         progress: optional `_Progress`, updated per batch.
     """
     expected = tokenized.lengths()[1] + 1
+    # The pairs' task ids go into the records (version 2: streamable).
+    sides = [
+        (side.row_splits.numpy(), side.flat_values.numpy())
+        for side in (tokenized.source, tokenized.target)
+    ]
     results = [None] * len(tokenized)
     for rows in token_budget_batches(tokenized, batcher):
         top_ids, top_logits, coverage, lengths = (
@@ -228,8 +235,16 @@ def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
                     f"Pair {pair_id}: slots masked {coverage[b, :length]} "
                     "times; each must be masked exactly once."
                 )
+            source_ids, target_ids = (
+                values[splits[row] : splits[row + 1]]
+                for splits, values in sides
+            )
             results[row] = serialize_targets(
-                pair_id, top_ids[b, :length], top_logits[b, :length]
+                pair_id,
+                top_ids[b, :length],
+                top_logits[b, :length],
+                source_ids=source_ids,
+                target_ids=target_ids,
             )
         if progress is not None:
             progress.update(len(rows), int(np.sum(lengths)))
