@@ -110,9 +110,9 @@ def test_cost_table_rows_and_memory_verdicts():
     # 3 corpora x 3 stages, 3 corpora of disk/memory, 2 headers.
     assert len(rows) == 9 + 3 + 2
     wmt = [r for r in rows if r.startswith("| WMT14") and "K 64" in r]
-    assert wmt and wmt[0].endswith("| no |")
+    assert wmt and wmt[0].endswith("| no | 400.0 MB |")
     multi30k = [r for r in rows if r.startswith("| Multi30k") and "K 16" in r]
-    assert multi30k and multi30k[0].endswith("| yes |")
+    assert multi30k and multi30k[0].endswith("| yes | 400.0 MB |")
     # Stored bytes: positions x (K x 6 + framing).
     corpus = cost_model.CORPORA["wmt14"]
     positions = corpus.pairs * (corpus.target + 1)
