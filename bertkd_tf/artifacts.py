@@ -27,7 +27,7 @@ import keras
 import tensorflow as tf
 
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
-from bertkd_tf.errors import MissingArtifactError
+from bertkd_tf.errors import ArtifactError, MissingArtifactError
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 
 # Registers the student's classes for `student_from_config`.
@@ -96,9 +96,19 @@ def load_teacher(directory, dtype=None):
 
 
 def teacher_fingerprint(teacher_dir):
-    """sha256 of the saved teacher's config and weight files."""
+    """sha256 of the saved teacher's config and weight files.
+
+    A C-MLM teacher (`teacher_config.json`, from `train_teacher`) or a
+    seq2seq model used as teacher (`student_config.json`, a `distill`
+    output directory: `dump_teacher.run.teacher_kind = 'seq2seq'`).
+    """
     digest = hashlib.sha256()
-    for name in (TEACHER_CONFIG, FINAL_WEIGHTS):
+    config = TEACHER_CONFIG
+    if not tf.io.gfile.exists(
+        os.path.join(teacher_dir, TEACHER_CONFIG)
+    ) and tf.io.gfile.exists(os.path.join(teacher_dir, STUDENT_CONFIG)):
+        config = STUDENT_CONFIG
+    for name in (config, FINAL_WEIGHTS):
         path = os.path.join(teacher_dir, name)
         if not tf.io.gfile.exists(path):
             raise MissingArtifactError(
@@ -110,6 +120,20 @@ def teacher_fingerprint(teacher_dir):
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def check_teacher_vocabulary(teacher, vocabulary, teacher_dir, work_dir):
+    """Refuses (`ArtifactError`) a C-MLM teacher trained over another task
+    vocabulary than `vocabulary` (its output rows would mean other
+    tokens)."""
+    if list(teacher.bert_ids) != vocabulary.bert_ids.tolist():
+        raise ArtifactError(
+            f"The teacher in {teacher_dir!r} predicts over another task "
+            f"vocabulary ({len(teacher.bert_ids)} entries) than "
+            f"{work_dir}/vocab ({vocabulary.size} entries, fingerprint "
+            f"{vocabulary.fingerprint[:12]}): train the teacher again after "
+            "`prepare`, or use the work_dir it was trained in."
+        )
 
 
 # Student -----------------------------------------------------------------

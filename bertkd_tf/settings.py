@@ -144,6 +144,8 @@ RULES = {
         "str", choices=("default", "mirrored", "multi_worker", "tpu")
     ),
     "distillation_form": Rule("str", choices=("paper", "hinton")),
+    "teacher_targets": Rule("str", choices=("offline", "online")),
+    "teacher_kind": Rule("str", choices=("cmlm", "seq2seq")),
     "metrics": Rule("strings", none=True),
     # Switches.
     "force": _FLAG,

@@ -27,6 +27,7 @@ from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
+from bertkd_tf.models.online_teacher import CircularMaskTeacher
 from bertkd_tf.models.recurrent_seq2seq import RecurrentSeq2Seq
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
@@ -155,6 +156,21 @@ def _teacher(dtype=None, dropout=0.1):
     )
 
 
+def _online_teacher(dtype=None, dropout=0.1):
+    return CircularMaskTeacher(_teacher(dtype, dropout), num_passes=2, top_k=3)
+
+
+def _call_online_teacher(model):
+    # The logits (the ids of near-equal bfloat16 logits may swap).
+    return model(
+        {
+            "source_ids": np.array([[5, 6, 7], [8, 0, 0]], "int32"),
+            "target_ids": np.array([[9, 10, 11, 5], [6, 7, 0, 0]], "int32"),
+        },
+        training=False,
+    )["teacher_logits"]
+
+
 def _distillation_model(dtype=None, dropout=0.1):
     return DistillationModel(
         _student(dtype, dropout),
@@ -264,6 +280,7 @@ CLASSES = {
     "TransformerSeq2Seq": (_student, _call_student_features, "model"),
     "RecurrentSeq2Seq": (_recurrent_student, _call_student_features, "model"),
     "CMLMTeacher": (_teacher, _call_teacher, "model"),
+    "CircularMaskTeacher": (_online_teacher, _call_online_teacher, "model"),
     "DistillationModel": (
         _distillation_model,
         _call_student_features,
@@ -320,6 +337,7 @@ FLOAT32_LAYERS = {
     "TransformerSeq2SeqBackbone": ("position_encoding",),
     "TransformerSeq2Seq": _STUDENT_FLOAT32,
     "CMLMTeacher": ("logits",),
+    "CircularMaskTeacher": ("logits",),
     "DistillationModel": _STUDENT_FLOAT32,
 }
 PRECISION_OUTPUT = {
@@ -330,6 +348,7 @@ PRECISION_OUTPUT = {
     "TransformerSeq2Seq": "float32",
     "RecurrentSeq2Seq": "float32",
     "CMLMTeacher": "float32",
+    "CircularMaskTeacher": "float32",
     "DistillationModel": "float32",
 }
 

@@ -64,6 +64,39 @@ def to_keras_inputs(batch, pad_id=0):
     return x, y, sample_weight
 
 
+TEACHER_INPUTS = "teacher_inputs"
+
+
+def add_teacher_inputs(x, y, sample_weight=None):
+    """Adds `x["teacher_inputs"] = {"source_ids", "target_ids"}` to a batch.
+
+    What an online C-MLM teacher needs (`CircularMaskTeacher`; the key is
+    `DistillationModel`'s `TEACHER_INPUTS`): the pairs' task ids without
+    BOS/EOS, right-padded with 0, recovered from the student features
+    (`encoder_token_ids = source + [EOS]`, `decoder_token_ids = [BOS] +
+    target`); the teacher maps them to BERT ids. `target_ids` is `[B, T -
+    1]` for decoder length `T`, so the teacher's `T` rows (target + the EOS
+    slot) line up with the labels. Map it over `to_keras_inputs` batches.
+    """
+    encoder = x["encoder_token_ids"]
+    # Source tokens: every real position but the last (EOS).
+    source_length = (
+        tf.reduce_sum(tf.cast(tf.not_equal(encoder, 0), tf.int32), axis=1) - 1
+    )
+    positions = tf.range(tf.shape(encoder)[1])[tf.newaxis, :]
+    source_ids = tf.where(positions < source_length[:, tf.newaxis], encoder, 0)[
+        :, :-1
+    ]
+    teacher_inputs = {
+        "source_ids": source_ids,
+        "target_ids": x["decoder_token_ids"][:, 1:],
+    }
+    x = {**x, TEACHER_INPUTS: teacher_inputs}
+    if sample_weight is None:
+        return x, y
+    return x, y, sample_weight
+
+
 def student_dataset(
     dataset, batcher, bos_id, eos_id, seed_offset=0, repeat=False
 ):

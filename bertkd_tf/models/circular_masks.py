@@ -73,44 +73,75 @@ def masked_copies(packed, num_passes, mask_token_id):
     return x, copy_pair, slots, valid
 
 
+def circular_top_k(
+    teacher, preprocessor, source_ids, target_ids, num_passes, top_k
+):
+    """Top-K of every target slot of a batch of pairs (graph-safe).
+
+    The one computation behind the dump (`make_top_k_fn`) and online
+    distillation (`CircularMaskTeacher`): `preprocessor.pack` the pairs,
+    run all circular-mask copies through `teacher` in one forward pass
+    (`training=False`) and keep the top-K logits of each masked slot.
+    Dynamic shapes (the number of copies depends on the target lengths):
+    not for XLA.
+
+    Args:
+        teacher: a `CMLMTeacher` (inputs `token_ids`, `segment_ids`,
+            `padding_mask`, `mask_positions`; logits over the task
+            vocabulary).
+        preprocessor: the `CMLMPreprocessor` packing the pairs (its
+            `bert_ids` map task ids to the teacher's BERT ids).
+        source_ids, target_ids: int32 `[B, S]`, `[B, T]`, task ids
+            right-padded with 0.
+        num_passes: P.
+        top_k: K.
+
+    Returns:
+        `(top_ids int32 [B, T + 1, K], top_logits float32 [B, T + 1, K],
+        coverage int32 [B, T + 1], rows int32 [B])`: row `t` of a pair is
+        target slot `t` (the last, `rows - 1`, the EOS slot), each row
+        sorted by logit, highest first; `coverage` counts how often each
+        slot was masked (1 for every slot of a pair, 0 beyond, where ids
+        and logits are 0); `rows` = kept target tokens + 1.
+    """
+    packed = preprocessor.pack(source_ids, target_ids)
+    x, copy_pair, slots, valid = masked_copies(
+        packed, num_passes, preprocessor.mask_token_id
+    )
+    logits = teacher(x, training=False)
+    values, ids = tf.math.top_k(tf.cast(logits, tf.float32), k=top_k)
+    pair_of_slot = tf.broadcast_to(copy_pair[:, None], tf.shape(slots))
+    index = tf.boolean_mask(tf.stack([pair_of_slot, slots], -1), valid)
+    batch = tf.shape(source_ids)[0]
+    rows = packed["target_length"] + 1
+    shape = [batch, tf.shape(target_ids)[1] + 1]
+    # Every (pair, slot) is scattered to once: no sums, the values as is.
+    top_ids = tf.scatter_nd(index, tf.boolean_mask(ids, valid), shape + [top_k])
+    top_logits = tf.scatter_nd(
+        index, tf.boolean_mask(values, valid), shape + [top_k]
+    )
+    coverage = tf.scatter_nd(
+        index, tf.ones([tf.shape(index)[0]], tf.int32), shape
+    )
+    return top_ids, top_logits, coverage, rows
+
+
 def make_top_k_fn(teacher, preprocessor, num_passes, top_k):
     """A compiled `pairs -> top-K of every target slot` (traced once).
 
     The function takes `source_ids` and `target_ids` (int32 `[B, S]`,
-    `[B, T]`, task ids right-padded with 0), packs them with
-    `preprocessor.pack`, runs all circular-mask copies through the teacher
-    in one forward pass and returns `(top_ids int32 [B, T_max + 1, K],
-    top_logits float16 [B, T_max + 1, K], coverage int32 [B, T_max + 1],
-    rows int32 [B])`: row `t` of a pair is target slot `t` (the last, `rows
-    - 1`, the EOS slot); `coverage` counts how often each slot was masked
-    (1 for every slot of a pair, 0 beyond); `rows` = kept target tokens + 1.
+    `[B, T]`, task ids right-padded with 0) and returns `circular_top_k`'s
+    `(top_ids int32 [B, T_max + 1, K], top_logits [B, T_max + 1, K],
+    coverage int32 [B, T_max + 1], rows int32 [B])` with the logits
+    rounded to float16 (what `dump_teacher` stores).
     """
     matrix = tf.TensorSpec([None, None], tf.int32)
 
     @tf.function(input_signature=[matrix, matrix])
     def top_k_fn(source_ids, target_ids):
-        packed = preprocessor.pack(source_ids, target_ids)
-        x, copy_pair, slots, valid = masked_copies(
-            packed, num_passes, preprocessor.mask_token_id
+        top_ids, top_logits, coverage, rows = circular_top_k(
+            teacher, preprocessor, source_ids, target_ids, num_passes, top_k
         )
-        logits = teacher(x, training=False)
-        values, ids = tf.math.top_k(tf.cast(logits, tf.float32), k=top_k)
-        pair_of_slot = tf.broadcast_to(copy_pair[:, None], tf.shape(slots))
-        index = tf.boolean_mask(tf.stack([pair_of_slot, slots], -1), valid)
-        batch = tf.shape(source_ids)[0]
-        rows = packed["target_length"] + 1
-        shape = [batch, tf.shape(target_ids)[1] + 1]
-        top_ids = tf.scatter_nd(
-            index, tf.boolean_mask(ids, valid), shape + [top_k]
-        )
-        top_logits = tf.scatter_nd(
-            index,
-            tf.cast(tf.boolean_mask(values, valid), tf.float16),
-            shape + [top_k],
-        )
-        coverage = tf.scatter_nd(
-            index, tf.ones([tf.shape(index)[0]], tf.int32), shape
-        )
-        return top_ids, top_logits, coverage, rows
+        return top_ids, tf.cast(top_logits, tf.float16), coverage, rows
 
     return top_k_fn

@@ -2,8 +2,14 @@
 
 `distillation_weight > 0` trains the distilled student of the paper
 (`(1 - w) * label-smoothed xent + w * top-K KD`, docs/METHOD.md §3) on the
-teacher targets dumped by `dump_teacher`; `distillation_weight = 0` trains
-the plain Transformer baseline (no targets needed).
+teacher targets dumped by `dump_teacher` (`teacher_targets='offline'`, the
+default) or computed inside each train step by the frozen C-MLM teacher of
+`teacher_dir` (`teacher_targets='online'`: the circular masks of the batch
+in one teacher forward pass, top-K at each position, the function the dump
+uses, `models.online_teacher.CircularMaskTeacher`; no dump needed, each
+step pays the teacher's forward pass over P copies of the batch);
+`distillation_weight = 0` trains the plain Transformer baseline (no targets
+needed).
 
 Reads `WORK_DIR/vocab/` (from `prepare`), the task's text pairs and, when
 distilling, the teacher targets under `WORK_DIR/targets/`: streamed from
@@ -39,6 +45,7 @@ import functools
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -52,9 +59,12 @@ from bertkd_tf.artifacts import (  # noqa: F401
     STUDENT_CONFIG,
     STUDENT_DIR,
     TARGETS_DIR,
+    TEACHER_CONFIG,
     TEACHER_DIR,
     VOCAB_DIR,
+    check_teacher_vocabulary,
     load_student,
+    load_teacher,
     load_vocabulary,
     save_student,
     student_from_config,
@@ -65,8 +75,13 @@ from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
 )
-from bertkd_tf.data.student_features import student_dataset
+from bertkd_tf.data.student_features import (
+    add_teacher_inputs,
+    student_dataset,
+)
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.errors import ConfigError, MissingArtifactError
+from bertkd_tf.models.online_teacher import CircularMaskTeacher
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.training import trainer
@@ -205,6 +220,95 @@ def input_context(distribution):
     )
 
 
+TEACHER_TARGETS = ("offline", "online")
+
+
+def _check_teacher_targets(teacher_targets, distillation_weight, jit_compile):
+    """Whether the targets are computed online; refuses contradictory
+    settings with one paragraph (`ConfigError`)."""
+    if teacher_targets not in TEACHER_TARGETS:
+        raise ConfigError(
+            f"distill.run.teacher_targets (gin macro TEACHER_TARGETS) must "
+            f"be one of {TEACHER_TARGETS}; got {teacher_targets!r}. "
+            "'offline' reads dump_teacher's targets, 'online' computes them "
+            "in each train step from the teacher in distill.run.teacher_dir."
+        )
+    if teacher_targets != "online":
+        return False
+    if distillation_weight <= 0:
+        raise ConfigError(
+            "TEACHER_TARGETS='online' with DISTILLATION_WEIGHT=0: the "
+            "baseline never uses the teacher, so it would be loaded and run "
+            "for nothing. Set DISTILLATION_WEIGHT > 0 to distill online, or "
+            "TEACHER_TARGETS='offline' for the baseline."
+        )
+    if jit_compile:
+        raise ConfigError(
+            "TEACHER_TARGETS='online' cannot run with JIT_COMPILE=True: the "
+            "circular masks make as many teacher copies as the batch's "
+            "target lengths call for (dynamic shapes, which XLA does not "
+            "compile). Set JIT_COMPILE=False, or dump the targets "
+            "(--mode=dump_teacher) and train offline with XLA."
+        )
+    return True
+
+
+def _online_teacher_dir(work_dir, teacher_dir):
+    """The trained C-MLM teacher's directory, or a one-paragraph
+    `MissingArtifactError` saying how to get one."""
+    directory = os.path.join(work_dir, teacher_dir or TEACHER_DIR)
+    if not tf.io.gfile.exists(os.path.join(directory, TEACHER_CONFIG)):
+        raise MissingArtifactError(
+            f"TEACHER_TARGETS='online' needs a trained C-MLM teacher, and "
+            f"{directory!r} holds none (no {TEACHER_CONFIG}): train one "
+            "first (--mode=train_teacher, into WORK_DIR/teacher), or point "
+            "distill.run.teacher_dir at a teacher directory (relative to "
+            "WORK_DIR or absolute). A seq2seq teacher (a baseline) cannot "
+            "run online: dump its targets with dump_teacher.run.teacher_kind"
+            "='seq2seq' and train offline."
+        )
+    return directory
+
+
+def _load_online_teacher(
+    teacher_dir, vocab, work_dir, train_pairs, *, num_passes, top_k, dtype
+):
+    """The frozen `CircularMaskTeacher` over the teacher in `teacher_dir`,
+    refusing a teacher of another task vocabulary or one too short for the
+    training pairs."""
+    teacher = load_teacher(teacher_dir, dtype=dtype)
+    check_teacher_vocabulary(teacher, vocab, teacher_dir, work_dir)
+    if top_k > teacher.vocabulary_size:
+        raise ConfigError(
+            f"top_k={top_k} exceeds the task vocabulary size "
+            f"{teacher.vocabulary_size}."
+        )
+    if int(num_passes) < 1:
+        raise ConfigError(f"num_passes must be >= 1; got {num_passes!r}.")
+    source_lengths, target_lengths = train_pairs.lengths()
+    longest = int(np.max(source_lengths + target_lengths)) + 3
+    teacher_max = int(teacher.backbone.max_sequence_length)
+    if longest > teacher_max:
+        raise ConfigError(
+            f"The longest training pair packs to {longest} teacher tokens "
+            f"([CLS] src [SEP] tgt [SEP]), more than the teacher's "
+            f"max_sequence_length={teacher_max} in {teacher_dir!r}: the "
+            "teacher would cut it and its rows would not match the labels. "
+            "Lower the task's max_source_length/max_target_length."
+        )
+    logging.info(
+        "distill: online targets from the teacher in %s (fingerprint %s), "
+        "P=%d, K=%d",
+        teacher_dir,
+        teacher_fingerprint(teacher_dir)[:12],
+        num_passes,
+        top_k,
+    )
+    return CircularMaskTeacher(
+        teacher, num_passes=int(num_passes), top_k=int(top_k)
+    )
+
+
 def make_datasets(
     train_pairs,
     valid_pairs,
@@ -213,13 +317,16 @@ def make_datasets(
     eos_id,
     attach_targets=None,
     train_examples_fn=None,
+    teacher_inputs=False,
 ):
     """`(train_dataset_fn, valid_dataset)` for `fit_resumable`.
 
     `train_dataset_fn(seed_offset)` is infinite; pass `e` over the data is
     shuffled with seed `batcher.seed + seed_offset` (reshuffled each pass).
     `attach_targets(dataset)` adds the teacher targets to the training
-    examples (offline distillation); validation uses the labels only.
+    examples (offline distillation); `teacher_inputs=True` adds
+    `x["teacher_inputs"]` (the pairs' task ids) to the training batches
+    (online distillation); validation uses the labels only.
     `train_examples_fn(seed)`, when given, is the infinite, shuffled
     training examples instead (`StreamingTargets.dataset`: examples with
     their targets, streamed; `train_pairs` and `attach_targets` are then
@@ -238,9 +345,14 @@ def make_datasets(
 
     def train_dataset_fn(seed_offset):
         examples = train_examples_fn(batcher.seed + int(seed_offset))
-        return student_dataset(
+        batches = student_dataset(
             examples, batcher, bos_id, eos_id, seed_offset=seed_offset
-        ).prefetch(tf.data.AUTOTUNE)
+        )
+        if teacher_inputs:
+            batches = batches.map(
+                add_teacher_inputs, num_parallel_calls=tf.data.AUTOTUNE
+            )
+        return batches.prefetch(tf.data.AUTOTUNE)
 
     valid_dataset = None
     if valid_pairs is not None and len(valid_pairs):
@@ -296,6 +408,8 @@ def run(
     top_k=8,
     label_smoothing=0.1,
     distillation_form="paper",
+    teacher_targets="offline",
+    num_passes=7,
     targets_dir=None,
     teacher_targets_fn=None,
     teacher_dir=None,
@@ -338,6 +452,16 @@ def run(
         top_k: teacher logits used per position (K; the dump may hold more).
         label_smoothing: smoothing of the cross-entropy term.
         distillation_form: `"paper"` or `"hinton"`.
+        teacher_targets: `"offline"` (read `dump_teacher`'s targets from
+            `targets_dir`) or `"online"` (load the C-MLM teacher of
+            `teacher_dir`, frozen, and compute its top-K targets inside
+            each train step with `num_passes` circular masks; not with
+            `jit_compile`). The student's batches then carry the pairs'
+            task ids (`x["teacher_inputs"]`); checkpoints hold the frozen
+            teacher too, so a resumed run goes on with the teacher it
+            started with.
+        num_passes: P, circular-mask copies per pair (online only; the
+            dump's own setting offline).
         targets_dir: the teacher targets (default `work_dir/targets`; a
             relative path is under `work_dir`).
         teacher_targets_fn: `(dataset, targets_dir, split, top_k) ->
@@ -348,9 +472,12 @@ def run(
             which refuses targets dumped with another task vocabulary, from
             other training pairs or from another teacher than the one in
             `teacher_dir`.
-        teacher_dir: the teacher the default targets must come from
-            (default `work_dir/teacher`, checked when it holds a finished
-            teacher; a relative path is under `work_dir`).
+        teacher_dir: offline, the teacher the default targets must come
+            from (default `work_dir/teacher`, checked when it holds a
+            finished teacher; `'baseline'` for targets dumped from a
+            seq2seq teacher); online, the trained C-MLM teacher to load
+            (default `work_dir/teacher`). A relative path is under
+            `work_dir`.
         learning_rate: noam scale factor (paper: 1 baseline, 2 distilled).
         warmup_steps: noam warm-up steps.
         total_steps: optimizer updates to train for.
@@ -384,6 +511,9 @@ def run(
     """
     if gradient_accumulation_steps in (0, 1):
         gradient_accumulation_steps = None
+    online = _check_teacher_targets(
+        teacher_targets, distillation_weight, jit_compile
+    )
     keras.utils.set_random_seed(seed)
     distribution = get_strategy(strategy, tpu_address=tpu_address)
     replicas = distribution.num_replicas_in_sync
@@ -410,7 +540,10 @@ def run(
             task.max_target_length,
         )
     attach_targets = train_examples_fn = stream = None
-    if distilling:
+    online_teacher_dir = None
+    if online:
+        online_teacher_dir = _online_teacher_dir(work_dir, teacher_dir)
+    elif distilling:
         # Relative to work_dir unless absolute.
         targets_dir = os.path.join(work_dir, targets_dir or TARGETS_DIR)
         teacher_dir = os.path.join(work_dir, teacher_dir or TEACHER_DIR)
@@ -466,6 +599,7 @@ def run(
         vocab.eos_id,
         attach_targets=attach_targets,
         train_examples_fn=train_examples_fn,
+        teacher_inputs=online,
     )
 
     with distribution.scope():
@@ -474,12 +608,24 @@ def run(
             backbone_fn=backbone_fn,
             dtype="mixed_bfloat16" if mixed_precision else None,
         )
+        teacher = None
+        if online:
+            teacher = _load_online_teacher(
+                online_teacher_dir,
+                vocab,
+                work_dir,
+                train_pairs,
+                num_passes=num_passes,
+                top_k=top_k,
+                dtype="mixed_bfloat16" if mixed_precision else None,
+            )
         model = DistillationModel(
             student,
             distillation_weight=distillation_weight,
             temperature=temperature,
             label_smoothing=label_smoothing,
             distillation_form=distillation_form,
+            teacher=teacher,
             top_k=top_k,
             fuse_output_layer=fuse_output_layer,
         )

@@ -27,6 +27,16 @@ pair with `T` rows gets `n = min(P, T)` copies; copy `i` masks target slots
 source never. All copies of a batch of pairs go through the teacher in one
 forward pass; only the top-K of each masked position leaves the device.
 
+Teachers (`teacher_kind`): `'cmlm'` (default) reads a C-MLM teacher
+(`train_teacher`'s `teacher_config.json`) and masks it circularly;
+`'seq2seq'` reads any trained student-architecture model (a `distill`
+output directory such as `WORK_DIR/baseline`, `student_config.json`) and
+stores its teacher-forced top-K at each target position, the EOS position
+included (`bertkd_tf.models.seq2seq_top_k`): the paper's left-to-right
+teacher of the ablation. Same records and manifest (`teacher_kind` is
+recorded; `num_passes` is None for `seq2seq`), fingerprints of that
+model's files; `distill.run.teacher_dir` then names the same directory.
+
 Robustness: a shard is written to a temporary name and renamed when
 complete, then recorded in the manifest with its size and sha256. Records
 are serialized deterministically (fixed feature order), so a shard's bytes
@@ -54,6 +64,8 @@ from bertkd_tf import locking
 from bertkd_tf.artifacts import (  # noqa: F401
     TARGETS_DIR,
     TEACHER_DIR,
+    check_teacher_vocabulary,
+    load_student,
     load_teacher,
     load_vocabulary,
     teacher_fingerprint,
@@ -84,8 +96,12 @@ from bertkd_tf.models.circular_masks import (  # noqa: F401 (re-exported)
     masked_copies,
 )
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
+from bertkd_tf.models.seq2seq_top_k import make_seq2seq_top_k_fn
 
 MAX_TOP_K = 64
+# `cmlm`: a C-MLM teacher from train_teacher (circular masks); `seq2seq`: a
+# left-to-right seq2seq model from distill (teacher-forced logits).
+TEACHER_KINDS = ("cmlm", "seq2seq")
 # Settings that must match for shards of two runs to be mixed.
 LAYOUT_KEYS = (
     "format_version",
@@ -321,11 +337,50 @@ def _check_layout(manifest, layout, output_dir):
         )
 
 
+def _load_dump_teacher(teacher_kind, teacher_dir, vocab, work_dir, dtype):
+    """`(teacher, vocabulary_size, max_sequence_length or None)` of a
+    `teacher_kind` teacher, refusing one over another task vocabulary."""
+    if teacher_kind == "cmlm":
+        teacher = load_teacher(teacher_dir, dtype=dtype)
+        check_teacher_vocabulary(teacher, vocab, teacher_dir, work_dir)
+        return (
+            teacher,
+            teacher.vocabulary_size,
+            int(teacher.backbone.max_sequence_length),
+        )
+    teacher = load_student(teacher_dir, dtype=dtype)
+    # Logits of a one-token pair: how many ids the model predicts over.
+    size = int(
+        teacher(
+            {
+                "encoder_token_ids": tf.constant([[vocab.eos_id]]),
+                "encoder_padding_mask": tf.constant([[1]]),
+                "decoder_token_ids": tf.constant([[vocab.bos_id]]),
+                "decoder_padding_mask": tf.constant([[1]]),
+            },
+            training=False,
+        ).shape[-1]
+    )
+    if size != vocab.size:
+        raise ArtifactError(
+            f"The seq2seq teacher in {teacher_dir!r} predicts over {size} "
+            f"ids, but the task vocabulary in {work_dir}/vocab has "
+            f"{vocab.size} (fingerprint {vocab.fingerprint[:12]}): it was "
+            "trained in another work_dir. Dump a model trained on this "
+            "work_dir's vocabulary (its baseline/ or student/), or run in "
+            "the work_dir it was trained in."
+        )
+    backbone = getattr(teacher, "backbone", None)
+    longest = getattr(backbone, "max_sequence_length", None)
+    return teacher, size, None if longest is None else int(longest)
+
+
 def run(
     *,
     task,
     work_dir,
     teacher_dir=None,
+    teacher_kind="cmlm",
     output_dir=None,
     split="train",
     top_k=8,
@@ -342,13 +397,18 @@ def run(
         task: the `Task` (its data and length limits, as the student's).
         work_dir: the pipeline's work directory (`vocab/`, `teacher/` in).
         teacher_dir: the saved teacher (default `work_dir/teacher`; a
-            relative path is under `work_dir`).
+            relative path is under `work_dir`): a `train_teacher` output
+            for `teacher_kind='cmlm'`, a `distill` output (e.g.
+            `'baseline'`) for `'seq2seq'`.
+        teacher_kind: `'cmlm'` (circular masks over a C-MLM teacher) or
+            `'seq2seq'` (a left-to-right model's teacher-forced logits).
         output_dir: where the targets go (default `work_dir/targets`, or
             `work_dir/targets_<split>` for a split other than train; a
             relative path is under `work_dir`).
         split: the task split to dump.
         top_k: K, logits kept per position (1..64).
-        num_passes: P, copies per pair (circular masks).
+        num_passes: P, copies per pair (circular masks; unused, and
+            recorded as None, for `'seq2seq'`).
         tokens_per_batch: teacher tokens per forward pass, all copies and
             padding included.
         pairs_per_shard: pairs per TFRecord shard (the unit of resuming).
@@ -363,6 +423,12 @@ def run(
     """
     if not 1 <= int(top_k) <= MAX_TOP_K:
         raise ConfigError(f"top_k must be in [1, {MAX_TOP_K}]; got {top_k!r}.")
+    if teacher_kind not in TEACHER_KINDS:
+        raise ConfigError(
+            f"dump_teacher.run.teacher_kind must be one of {TEACHER_KINDS}; "
+            f"got {teacher_kind!r}. 'cmlm' dumps a train_teacher teacher, "
+            "'seq2seq' a distill output (teacher_dir='baseline')."
+        )
     if int(num_passes) < 1:
         raise ConfigError(f"num_passes must be >= 1; got {num_passes!r}.")
     if int(pairs_per_shard) < 1:
@@ -383,18 +449,13 @@ def run(
     vocab = load_vocabulary(work_dir)
     fingerprint = teacher_fingerprint(teacher_dir)
     dtype = "mixed_bfloat16" if mixed_precision else None
-    teacher = load_teacher(teacher_dir, dtype=dtype)
-    if list(teacher.bert_ids) != vocab.bert_ids.tolist():
-        raise ArtifactError(
-            f"The teacher in {teacher_dir!r} predicts over another task "
-            f"vocabulary ({len(teacher.bert_ids)} entries) than "
-            f"{work_dir}/vocab ({vocab.size} entries): train the teacher "
-            "again after `prepare`, or use the work_dir it was trained in."
-        )
-    if top_k > teacher.vocabulary_size:
+    teacher, teacher_vocabulary_size, teacher_max = _load_dump_teacher(
+        teacher_kind, teacher_dir, vocab, work_dir, dtype
+    )
+    if top_k > teacher_vocabulary_size:
         raise ConfigError(
             f"top_k={top_k} exceeds the task vocabulary size "
-            f"{teacher.vocabulary_size}."
+            f"{teacher_vocabulary_size}."
         )
     tokenized = TokenizedPairs.from_pairs(
         task.read(split),
@@ -411,13 +472,20 @@ def run(
             "task's length limits."
         )
     max_packed = int(np.max(source_lengths + target_lengths)) + 3
-    teacher_max = int(teacher.backbone.max_sequence_length)
-    if max_packed > teacher_max:
+    # C-MLM: [CLS] src [SEP] tgt [SEP]; seq2seq: src + EOS, BOS + tgt.
+    longest = (
+        max_packed
+        if teacher_kind == "cmlm"
+        else int(np.max(np.maximum(source_lengths, target_lengths))) + 1
+    )
+    if teacher_max is not None and longest > teacher_max:
         raise ConfigError(
-            f"The longest pair packs to {max_packed} tokens, more than the "
+            f"The longest pair packs to {longest} tokens, more than the "
             f"teacher's max_sequence_length={teacher_max}; lower the task's "
             "max_source_length/max_target_length."
         )
+    if teacher_kind == "seq2seq":
+        num_passes = None
     num_shards = -(-num_pairs // int(pairs_per_shard))
     layout = {
         "format_version": FORMAT_VERSION,
@@ -439,6 +507,7 @@ def run(
         relative = os.path.relpath(teacher_dir, work_dir)
         manifest = dict(
             layout,
+            teacher_kind=teacher_kind,
             shards={},
             teacher_dir=teacher_dir if relative.startswith("..") else relative,
         )
@@ -457,7 +526,7 @@ def run(
         s for s in range(num_shards) if shard_name(s, num_shards) not in done
     ]
     logging.info(
-        "dump_teacher: %d pairs in %d shards (%d to write), K=%d, P=%d, %s, "
+        "dump_teacher: %d pairs in %d shards (%d to write), K=%d, P=%s, %s, "
         "into %s",
         num_pairs,
         num_shards,
@@ -468,14 +537,19 @@ def run(
         output_dir,
     )
 
-    preprocessor = CMLMPreprocessor(
-        vocab.bert_ids, max_sequence_length=teacher_max
-    )
-    top_k_fn = make_top_k_fn(teacher, preprocessor, num_passes, top_k)
+    if teacher_kind == "cmlm":
+        preprocessor = CMLMPreprocessor(
+            vocab.bert_ids, max_sequence_length=teacher_max
+        )
+        top_k_fn = make_top_k_fn(teacher, preprocessor, num_passes, top_k)
+    else:
+        top_k_fn = make_seq2seq_top_k_fn(
+            teacher, top_k, vocab.bos_id, vocab.eos_id
+        )
     boundaries = default_bucket_boundaries(max_packed)
     # The budget counts every copy: a pair has at most P copies.
     batcher = TokenBudgetBatcher(
-        max(int(tokens_per_batch) // num_passes, boundaries[-1]),
+        max(int(tokens_per_batch) // (num_passes or 1), boundaries[-1]),
         boundaries,
         drop_remainder=False,
     )

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from bertkd_tf.data.student_features import TEACHER_INPUTS
 from bertkd_tf.keras_compat import MultiWorkerFitMixin
 from bertkd_tf.losses.tied_output_cross_entropy import (
     tied_output_cross_entropies,
@@ -13,8 +14,6 @@ from bertkd_tf.losses.tied_output_cross_entropy import (
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
 from bertkd_tf.models.student import fusable_output_embedding
-
-TEACHER_INPUTS = "teacher_inputs"
 
 
 def _in_xla_context():
@@ -60,9 +59,16 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
       only, whatever the weight.
     - online (`teacher` given): `x` = the student features plus
       `x["teacher_inputs"]`, whatever the teacher model takes; the teacher
-      must return logits `[B, T, V]` aligned with the labels. The model is
-      frozen (`trainable=False`, called with `training=False`) and its
-      `top_k` logits are the targets. `y` = the labels.
+      returns either logits `[B, T, V]` aligned with the labels (their
+      `top_k` highest are the targets) or the targets themselves,
+      `{"teacher_ids", "teacher_logits"}` `[B, T, K >= top_k]` sorted
+      highest first (the first `top_k` are used), as
+      `models.online_teacher.CircularMaskTeacher` (the C-MLM teacher's
+      circular masks inside the step) does. The model is frozen
+      (`trainable=False`, called with `training=False`). `y` = the labels.
+      Batches without `x["teacher_inputs"]` (validation) report the
+      cross-entropy only, as offline. The teacher's weights are part of
+      the model (and of its checkpoints), frozen.
 
     Calling the model returns the student logits (`x["teacher_inputs"]` is
     ignored).
@@ -213,8 +219,21 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
                 f"the teacher). Received x keys: "
                 f"{sorted(x) if isinstance(x, dict) else type(x).__name__}"
             )
-        logits = self.teacher(x[TEACHER_INPUTS], training=False)
-        logits = ops.stop_gradient(ops.cast(logits, "float32"))
+        outputs = self.teacher(x[TEACHER_INPUTS], training=False)
+        if isinstance(outputs, dict):  # Top-K targets already.
+            return {
+                "labels": labels,
+                "teacher_ids": ops.cast(
+                    outputs["teacher_ids"][..., : self.top_k], "int32"
+                ),
+                "teacher_logits": ops.stop_gradient(
+                    ops.cast(
+                        outputs["teacher_logits"][..., : self.top_k],
+                        "float32",
+                    )
+                ),
+            }
+        logits = ops.stop_gradient(ops.cast(outputs, "float32"))
         values, ids = ops.top_k(logits, k=self.top_k)
         return {
             "labels": labels,
@@ -228,10 +247,15 @@ class DistillationModel(MultiWorkerFitMixin, keras.Model):
         labels = y["labels"] if isinstance(y, dict) else y
         # Validation without teacher targets reports the cross-entropy only
         # (comparable between baseline and student).
-        has_targets = self.teacher is not None or isinstance(y, dict)
+        online = (
+            self.teacher is not None
+            and isinstance(x, dict)
+            and TEACHER_INPUTS in x
+        )
+        has_targets = online or isinstance(y, dict)
         targets = None
         if self.uses_distillation and (training or has_targets):
-            if self.teacher is not None:
+            if self.teacher is not None and (training or online):
                 targets = self._teacher_targets(x, labels)
             elif isinstance(y, dict):
                 targets = y
