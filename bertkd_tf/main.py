@@ -538,7 +538,87 @@ def run_mode(mode, gin_files, gin_bindings, dry_run=False):
     return result
 
 
+# TensorFlow's CUDA plugin logs this error at device initialisation on
+# every machine without an NVIDIA driver; TF_CPP_MIN_LOG_LEVEL does not
+# hide it.
+_CUDA_INIT_NOISE = re.compile(rb"cuda_platform\.cc:\d+\] failed call to cuInit")
+
+
+def _without_nvidia_device():
+    """No NVIDIA driver here and no GPU asked for: the cuInit error says
+    nothing."""
+    return (
+        not os.path.exists("/dev/nvidiactl")
+        and not os.path.exists("/proc/driver/nvidia")
+        and "CUDA_VISIBLE_DEVICES" not in os.environ
+    )
+
+
+@contextlib.contextmanager
+def _filtered_stderr(pattern):
+    """Drops the lines of file descriptor 2 that match `pattern` (bytes
+    regex) while the block runs; every other line goes through, in order,
+    when the block ends. Works for C++ writers (TensorFlow's logging)
+    too: fd 2 is a pipe for the duration. Falls back to no filtering if
+    fd 2 cannot be redirected."""
+    import threading
+
+    try:
+        read_end, write_end = os.pipe()
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    chunks = []
+
+    def drain():
+        while True:
+            data = os.read(read_end, 65536)
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    sys.stderr.flush()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # Closes the last write end: the reader ends.
+        os.close(saved)
+        reader.join()
+        os.close(read_end)
+        kept = [
+            line
+            for line in b"".join(chunks).splitlines(keepends=True)
+            if not pattern.search(line)
+        ]
+        if kept:
+            os.write(2, b"".join(kept))
+
+
+def _initialize_devices_quietly():
+    """Makes TensorFlow find its devices now, without the cuInit error line
+    on a machine without an NVIDIA device (it is the CUDA plugin's, logged
+    once per process while it looks for GPUs; it alarms users of CPU-only
+    machines for nothing). Only the physical devices are listed: logical
+    ones (`LOGICAL_DEVICES`) can still be configured by the run. Where a
+    GPU may exist, nothing is filtered."""
+    if not _without_nvidia_device():
+        return
+    with _filtered_stderr(_CUDA_INIT_NOISE):
+        # The import itself may look for GPUs (tensorflow.python.distribute
+        # .combinations, imported by `tensorflow`): inside the filter too.
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+
+
 def _main(argv):
+    _initialize_devices_quietly()
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; settings go in gin bindings.")
     if FLAGS.value is None:

@@ -162,6 +162,7 @@ RULES = {
     "warmup_steps": _count(low=0),
     "tokens_per_batch": _count(),
     "gradient_accumulation_steps": _count(low=0, none=True),
+    "logical_devices": _count(none=True),
     "checkpoint_every_steps": _count(),
     "validate_every_steps": _count(none=True),
     "keep_checkpoints": _count(none=True),

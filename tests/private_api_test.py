@@ -288,3 +288,33 @@ def test_python_frame_introspection():
         assert callable(getattr(sys, name, None)), (
             f"sys.{name} is gone: bertkd_tf/locking.py relies on it."
         )
+
+
+def test_keras_optimizer_learning_rate_hook():
+    """`FusedAdam` overrides `_get_current_learning_rate` so that, with
+    gradient accumulation, a schedule sees updates, not batches."""
+    from bertkd_tf.training.fused_adam import FusedAdam
+
+    symbol = "keras.optimizers.Optimizer._get_current_learning_rate"
+    users = "training/fused_adam.py (FusedAdam)"
+    assert callable(
+        getattr(keras.optimizers.Optimizer, "_get_current_learning_rate", None)
+    ), _broken(symbol, users, "missing")
+
+    class Steps(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return 1.0 + keras.ops.cast(step, "float32")
+
+    variable = keras.Variable(np.zeros(2, "float32"))
+    optimizer = FusedAdam(Steps(), gradient_accumulation_steps=2)
+    optimizer.build([variable])
+    assert isinstance(optimizer._learning_rate, Steps), _broken(
+        symbol, users, "the schedule is no longer `_learning_rate`"
+    )
+    rates = []
+    for _ in range(4):
+        rates.append(float(optimizer.learning_rate))
+        optimizer.apply([np.ones(2, "float32")], [variable])
+    # Batches 0-3 are updates 0, 0, 1, 1 (keras alone: 1, 2, 3, 4).
+    assert rates == [1.0, 1.0, 2.0, 2.0], _broken(symbol, users, rates)
+    assert float(FusedAdam(Steps()).learning_rate) == 1.0

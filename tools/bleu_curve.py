@@ -9,8 +9,10 @@ Usage:
 Restores every kept checkpoint (`<model_dir>/checkpoints/ckpt-N`, written by
 `distill`) into the student, decodes the valid split (greedy by default) and
 scores tokenized BLEU (the paper's) and sacreBLEU. Writes `<output>.json` and
-a plot `<output>.png` (BLEU over steps, one line per model directory), and
-prints a table.
+a plot `<output>.png` (BLEU over steps, one line per model directory;
+`bertkd_tf.plots`, atomically), and prints a table. `tools/converge.py train`
+keeps such a curve in each model directory as it trains (`valid_bleu.json`
+and `valid_bleu.png`).
 """
 
 import json
@@ -20,6 +22,7 @@ import gin
 import tensorflow as tf
 from absl import app, flags
 
+from bertkd_tf import plots
 from bertkd_tf.artifacts import load_vocabulary, student_from_config
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.metrics.bleu import sacre_bleu, tokenized_bleu
@@ -114,22 +117,15 @@ def main(_):
     if OUTPUT.value:
         with open(OUTPUT.value + ".json", "w") as f:
             json.dump(curves, f, indent=1)
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for name, points in curves.items():
-            axis.plot(
-                [p[0] for p in points], [p[1] for p in points], "o-", label=name
-            )
-        axis.set_xlabel("training step")
-        axis.set_ylabel(f"{SPLIT.value} BLEU (tokenized, beam {BEAM.value})")
-        axis.grid(alpha=0.3)
-        axis.legend()
-        figure.tight_layout()
-        figure.savefig(OUTPUT.value + ".png", dpi=120)
+        plots.write_curves_png(
+            OUTPUT.value + ".png",
+            {
+                name: ([p[0] for p in points], [p[1] for p in points])
+                for name, points in curves.items()
+            },
+            "training step",
+            f"{SPLIT.value} BLEU (tokenized, beam {BEAM.value})",
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ weights on the valid split.
         [--average=1,2,3,4,5] [--beam_size=5]
 
 Every step can be killed and rerun: `distill` resumes from its checkpoints,
-scores are kept in `<model_dir>/valid_bleu.json` (written atomically) and
+scores are kept in `<model_dir>/valid_bleu.json` (written atomically, drawn
+into `<model_dir>/valid_bleu.png` after each scored checkpoint) and
 only new checkpoints are scored; `select` keeps its scores in
 `<model_dir>/selection_scores.json`. The valid split is the only data read
 besides training: no setting is chosen on test data.
@@ -38,7 +39,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bertkd_tf import artifacts  # noqa: E402
+from bertkd_tf import artifacts, plots  # noqa: E402
 from bertkd_tf.atomic_files import write_text_atomic  # noqa: E402
 from bertkd_tf.decoding.generator import Generator  # noqa: E402
 from bertkd_tf.metrics.bleu import sacre_bleu, tokenized_bleu  # noqa: E402
@@ -167,6 +168,7 @@ def train(task):
             scorer.restore(checkpoints[step])
             curve[str(step)] = scorer.score(beam_size=1)
             _write_json(curve_path, curve)
+            plots.plot_bleu_curve(curve_path)  # valid_bleu.png
             logging.info("%s step %d: %s", name, step, curve[str(step)])
         best, stopped = plateau(curve, PATIENCE.value, MIN_STEPS.value)
         last = max(checkpoints, default=0)

@@ -17,6 +17,7 @@ import os
 
 from absl import app, flags
 
+from bertkd_tf import plots
 from bertkd_tf.atomic_files import write_text_atomic
 
 WORK_DIR = flags.DEFINE_string("work_dir", None, "The experiment's work dir.")
@@ -58,23 +59,7 @@ def student_curves(work_dir):
 
 
 def _plot(path, series, xlabel, ylabel):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    for label, (xs, ys) in series.items():
-        style = "--" if label.startswith("baseline") else "-"
-        axis.plot(xs, ys, style, marker="o", markersize=3, label=label)
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
-    plt.close(figure)
+    plots.write_curves_png(path, series, xlabel, ylabel)
 
 
 def main(_):

@@ -428,6 +428,7 @@ def run(
     max_valid_pairs=None,
     strategy="default",
     tpu_address=None,
+    logical_devices=None,
     mixed_precision=False,
     jit_compile=False,
     fuse_output_layer=True,
@@ -492,6 +493,8 @@ def run(
         max_valid_pairs: validate on the first N valid pairs only.
         strategy: `default | mirrored | multi_worker | tpu`.
         tpu_address: TPU name/address for `strategy="tpu"`.
+        logical_devices: split the CPU into N logical devices first (gin
+            `LOGICAL_DEVICES`): `mirrored` then runs N replicas on a CPU.
         mixed_precision: train in `mixed_bfloat16`.
         jit_compile: compile the train step with XLA.
         fuse_output_layer: compute the student's tied output layer inside
@@ -515,7 +518,9 @@ def run(
         teacher_targets, distillation_weight, jit_compile
     )
     keras.utils.set_random_seed(seed)
-    distribution = get_strategy(strategy, tpu_address=tpu_address)
+    distribution = get_strategy(
+        strategy, tpu_address=tpu_address, logical_devices=logical_devices
+    )
     replicas = distribution.num_replicas_in_sync
     distilling = distillation_weight > 0
     if model_dir is None:

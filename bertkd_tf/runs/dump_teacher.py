@@ -85,6 +85,7 @@ from bertkd_tf.data.teacher_targets import (  # noqa: F401
     shard_problem,
 )
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
+from bertkd_tf.durations import format_duration
 from bertkd_tf.errors import (
     ArtifactError,
     ConfigError,
@@ -97,6 +98,7 @@ from bertkd_tf.models.circular_masks import (  # noqa: F401 (re-exported)
 )
 from bertkd_tf.models.cmlm_preprocessor import CMLMPreprocessor
 from bertkd_tf.models.seq2seq_top_k import make_seq2seq_top_k_fn
+from bertkd_tf.training.strategy import get_strategy
 
 MAX_TOP_K = 64
 # `cmlm`: a C-MLM teacher from train_teacher (circular masks); `seq2seq`: a
@@ -177,39 +179,104 @@ def _slice(tokenized, start, stop):
 
 
 class _Progress:
-    """Logs pairs, positions and positions/s every `every_seconds`."""
+    """Logs pairs, positions, pairs/s and the time left every
+    `every_seconds` (and when forced). The time left is the positions
+    still to dump at the positions/s so far (a pair's cost grows with its
+    length; positions measure it). `clock` is for tests."""
 
-    def __init__(self, total_pairs, total_positions, every_seconds):
+    def __init__(
+        self, total_pairs, total_positions, every_seconds, clock=time.monotonic
+    ):
         self.total_pairs = total_pairs
         self.total_positions = total_positions
         self.every_seconds = every_seconds
+        self.clock = clock
         self.pairs = 0
         self.positions = 0
-        self.start = time.time()
+        self.start = clock()
         self.last = self.start
+
+    def message(self, now):
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.positions / elapsed
+        text = (
+            f"dump: {self.pairs}/{self.total_pairs} pairs "
+            f"({100.0 * self.pairs / max(self.total_pairs, 1):.1f}%), "
+            f"{self.positions}/{self.total_positions} positions, "
+            f"{self.pairs / elapsed:.1f} pairs/s, {rate:.0f} positions/s, "
+            f"{format_duration(elapsed)} elapsed"
+        )
+        if self.positions < self.total_positions:
+            if rate > 0:
+                left = (self.total_positions - self.positions) / rate
+                text += f", ETA {format_duration(left)} left"
+            else:
+                text += ", ETA unknown"
+        return text
 
     def update(self, pairs, positions, force=False):
         self.pairs += pairs
         self.positions += positions
-        now = time.time()
+        now = self.clock()
         if not force and now - self.last < self.every_seconds:
             return
         self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.positions / elapsed
-        left = (self.total_positions - self.positions) / max(rate, 1e-9)
-        logging.info(
-            "dump: %d/%d pairs, %d/%d positions, %.0f positions/s, "
-            "%.1f pairs/s, %.0f s elapsed, about %.0f s left",
-            self.pairs,
-            self.total_pairs,
-            self.positions,
-            self.total_positions,
-            rate,
-            self.pairs / elapsed,
-            elapsed,
-            left,
+        logging.info("%s", self.message(now))
+
+
+class _ReplicatedTopK:
+    """`top_k_fn` with each batch's rows split over the replicas of
+    `strategy` (one device: `top_k_fn` itself).
+
+    Every replica gets the same number of rows (the last row repeated to
+    fill, its copies dropped from the results) at the batch's padded
+    width, so a row's outputs are those of a one-device pass over the same
+    batch: the shards are the same bytes (tests/runs/dump_teacher_test.py).
+    """
+
+    def __init__(self, top_k_fn, strategy=None):
+        self.top_k_fn = top_k_fn
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync if strategy else 1
+
+    def __call__(self, source, target):
+        if self.replicas == 1:
+            return [t.numpy() for t in self.top_k_fn(source, target)]
+        rows = len(source)
+        per_replica = -(-rows // self.replicas)
+        fill = np.arange(per_replica * self.replicas)
+        fill = np.minimum(fill, rows - 1)
+        parts = [
+            (source[fill[i :: self.replicas]], target[fill[i :: self.replicas]])
+            for i in range(self.replicas)
+        ]
+
+        def inputs(side):
+            return self.strategy.experimental_distribute_values_from_function(
+                lambda context: tf.constant(
+                    parts[context.replica_id_in_sync_group][side]
+                )
+            )
+
+        # A Python function, not the `tf.function` itself: MirroredStrategy
+        # would hand a `tf.function` the per-replica values undivided.
+        outputs = self.strategy.run(
+            lambda s, t: self.top_k_fn(s, t), args=(inputs(0), inputs(1))
         )
+        local = [
+            [t.numpy() for t in self.strategy.experimental_local_results(o)]
+            for o in outputs
+        ]
+        results = []
+        for per_replica_outputs in local:
+            merged = np.empty(
+                (len(fill),) + per_replica_outputs[0].shape[1:],
+                per_replica_outputs[0].dtype,
+            )
+            for i, part in enumerate(per_replica_outputs):
+                merged[i :: self.replicas] = part
+            results.append(merged[:rows])
+        return results
 
 
 def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
@@ -217,7 +284,8 @@ def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
 
     Args:
         tokenized: `TokenizedPairs` (one shard).
-        top_k_fn: from `make_top_k_fn`.
+        top_k_fn: from `make_top_k_fn`, or a `_ReplicatedTopK` of it
+            (numpy arrays out).
         batcher: a `TokenBudgetBatcher` over packed lengths (its buckets
             and batch sizes; its shuffling is not used).
         progress: optional `_Progress`, updated per batch.
@@ -231,7 +299,7 @@ def dump_pairs(tokenized, top_k_fn, batcher, progress=None):
     results = [None] * len(tokenized)
     for rows in token_budget_batches(tokenized, batcher):
         top_ids, top_logits, coverage, lengths = (
-            t.numpy()
+            np.asarray(t)
             for t in top_k_fn(
                 _padded(tokenized.source, rows),
                 _padded(tokenized.target, rows),
@@ -390,6 +458,9 @@ def run(
     mixed_precision=False,
     max_new_shards=None,
     log_every_seconds=60.0,
+    strategy="default",
+    tpu_address=None,
+    logical_devices=None,
 ):
     """Dumps the teacher's top-K logits for every target position.
 
@@ -415,7 +486,13 @@ def run(
         mixed_precision: run the teacher in `mixed_bfloat16`.
         max_new_shards: stop after writing this many shards (None: all);
             the next run goes on from there.
-        log_every_seconds: progress log period.
+        log_every_seconds: progress log period (pairs/s, time left).
+        strategy: `default | mirrored | multi_worker | tpu`: with several
+            replicas each forward pass splits its batch's rows over them
+            (`_ReplicatedTopK`); the shards are the same bytes.
+        tpu_address: TPU name/address for `strategy="tpu"`.
+        logical_devices: split the CPU into N logical devices first (gin
+            `LOGICAL_DEVICES`): `mirrored` then runs N replicas on a CPU.
 
     Returns:
         `{"output_dir", "num_pairs", "num_positions", "bytes",
@@ -436,6 +513,17 @@ def run(
             f"pairs_per_shard must be >= 1; got {pairs_per_shard!r}."
         )
     top_k, num_passes = int(top_k), int(num_passes)
+    if strategy == "multi_worker":
+        raise ConfigError(
+            "dump_teacher runs on the replicas of one machine (strategy "
+            "'mirrored', with LOGICAL_DEVICES on a CPU) or a TPU; with "
+            "'multi_worker' every worker would write every shard. On "
+            "several machines, give each its own shards instead: the same "
+            "output_dir on shared storage, and max_new_shards per run."
+        )
+    distribution = get_strategy(
+        strategy, tpu_address=tpu_address, logical_devices=logical_devices
+    )
     # Relative directories are under work_dir (absolute ones stay as given).
     teacher_dir = os.path.join(work_dir, teacher_dir or TEACHER_DIR)
     if output_dir is None:
@@ -449,9 +537,10 @@ def run(
     vocab = load_vocabulary(work_dir)
     fingerprint = teacher_fingerprint(teacher_dir)
     dtype = "mixed_bfloat16" if mixed_precision else None
-    teacher, teacher_vocabulary_size, teacher_max = _load_dump_teacher(
-        teacher_kind, teacher_dir, vocab, work_dir, dtype
-    )
+    with distribution.scope():  # Mirrored variables with replicas.
+        teacher, teacher_vocabulary_size, teacher_max = _load_dump_teacher(
+            teacher_kind, teacher_dir, vocab, work_dir, dtype
+        )
     if top_k > teacher_vocabulary_size:
         raise ConfigError(
             f"top_k={top_k} exceeds the task vocabulary size "
@@ -527,13 +616,14 @@ def run(
     ]
     logging.info(
         "dump_teacher: %d pairs in %d shards (%d to write), K=%d, P=%s, %s, "
-        "into %s",
+        "%d replica(s), into %s",
         num_pairs,
         num_shards,
         len(todo),
         top_k,
         num_passes,
         layout["compute_dtype"],
+        distribution.num_replicas_in_sync,
         output_dir,
     )
 
@@ -546,6 +636,10 @@ def run(
         top_k_fn = make_seq2seq_top_k_fn(
             teacher, top_k, vocab.bos_id, vocab.eos_id
         )
+    top_k_fn = _ReplicatedTopK(
+        top_k_fn,
+        distribution if distribution.num_replicas_in_sync > 1 else None,
+    )
     boundaries = default_bucket_boundaries(max_packed)
     # The budget counts every copy: a pair has at most P copies.
     batcher = TokenBudgetBatcher(

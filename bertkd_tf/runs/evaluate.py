@@ -35,6 +35,7 @@ from bertkd_tf.artifacts import (  # noqa: F401
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.decoding.search_settings import SearchSettings
+from bertkd_tf.durations import format_duration
 from bertkd_tf.metrics.scoring import score_hypotheses
 
 EVALUATE_DIR = "evaluate"
@@ -57,27 +58,42 @@ def _write_lines(path, lines):
 
 
 class _Progress:
-    """A Keras progress bar with sentences/s, plus a log line per step."""
+    """A Keras progress bar with sentences/s (and its ETA), plus a log line
+    with sentences/s and the time left every `every_seconds` (`clock`, for
+    tests, times the log period; the rate is from the decoder's seconds)."""
 
-    def __init__(self, total, verbose):
+    def __init__(
+        self, total, verbose, every_seconds=30.0, clock=time.monotonic
+    ):
         self.total = total
         self.bar = (
             keras.utils.Progbar(total, stateful_metrics=["sentences/s"])
             if verbose
             else None
         )
+        self.every_seconds = every_seconds
+        self.clock = clock
+        self.last = None
 
     def __call__(self, done, total, seconds):
         rate = done / max(seconds, 1e-9)
         if self.bar is not None:
             self.bar.update(done, values=[("sentences/s", rate)])
-        logging.log_every_n_seconds(
-            logging.INFO,
-            "decoded %d/%d sentences, %.1f sentences/s",
-            30,
+        now = self.clock()
+        if self.last is not None and now - self.last < self.every_seconds:
+            return
+        self.last = now
+        left = (
+            f", ETA {format_duration((total - done) / rate)} left"
+            if done < total and rate > 0
+            else ""
+        )
+        logging.info(
+            "decoded %d/%d sentences, %.1f sentences/s%s",
             done,
             total,
             rate,
+            left,
         )
 
 

@@ -6,7 +6,8 @@ Reads `WORK_DIR/vocab/` (from `prepare`) and the text pairs, trains a
 - `checkpoints/` (model + optimizer, every `checkpoint_every_steps`, the last
   `keep_checkpoints` kept); the same command after a crash resumes there;
 - `logs/` (TensorBoard), `history.jsonl` (step, wall time, training and
-  validation loss/accuracy per chunk);
+  validation loss/accuracy per chunk), `valid_accuracy.png` (the validation
+  accuracy over steps, redrawn at each validation);
 - the final teacher, for `dump_teacher`: `final.weights.h5` plus
   `teacher_config.json` (`keras.saving.serialize_keras_object` of the
   teacher). Load it with
@@ -66,6 +67,8 @@ def compile_teacher(
     total_steps,
     weight_decay=0.01,
     clipnorm=1.0,
+    gradient_accumulation_steps=None,
+    jit_compile=False,
 ):
     """Compiles `teacher` for C-MLM training (call inside strategy scope).
 
@@ -74,7 +77,14 @@ def compile_teacher(
     decay to zero, gradients clipped to global norm `clipnorm` (as PyTorch's
     `clip_grad_norm_` in the reference); masked-token cross-entropy averaged
     over the real mask slots; weighted `accuracy` and `token_loss` metrics.
+
+    `gradient_accumulation_steps = n` (None, 0 or 1: none) makes one update
+    of the mean gradient of `n` batches (keras' optimizer argument; the
+    schedule and `iterations` count updates); `jit_compile` compiles the
+    train step with XLA.
     """
+    if gradient_accumulation_steps in (0, 1):
+        gradient_accumulation_steps = None
     optimizer = FusedAdam(
         learning_rate=LinearWarmupDecay(
             peak_learning_rate, warmup_steps, total_steps
@@ -84,6 +94,7 @@ def compile_teacher(
         beta_2=0.999,
         epsilon=1e-6,
         global_clipnorm=clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
     )
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     teacher.compile(
@@ -95,6 +106,7 @@ def compile_teacher(
                 from_logits=True, name="token_loss"
             ),
         ],
+        jit_compile=bool(jit_compile),
     )
     return teacher
 
@@ -186,12 +198,15 @@ def run(
     peak_learning_rate=5e-5,
     weight_decay=0.01,
     clipnorm=1.0,
+    gradient_accumulation_steps=None,
+    jit_compile=False,
     checkpoint_every_steps=1000,
     validate_every_steps=None,
     keep_checkpoints=3,
     max_valid_pairs=None,
     strategy="default",
     tpu_address=None,
+    logical_devices=None,
     mixed_precision=False,
     seed=0,
     valid_mask_seed=12345,
@@ -216,12 +231,18 @@ def run(
         peak_learning_rate: learning rate after warm-up.
         weight_decay: AdamW decay (none on biases and LayerNorm).
         clipnorm: global gradient-norm clip.
+        gradient_accumulation_steps: batches per update (None: 1): an
+            update sees `n * tokens_per_batch` tokens (the paper's teacher
+            batches are 16k-512k tokens).
+        jit_compile: compile the train step with XLA.
         checkpoint_every_steps: checkpoint (and chunk) period.
         validate_every_steps: validation period (multiple of the above).
         keep_checkpoints: checkpoints kept.
         max_valid_pairs: optional cap on validation pairs (the first N).
         strategy: `default | mirrored | multi_worker | tpu`.
         tpu_address: TPU name/address for `strategy="tpu"`.
+        logical_devices: split the CPU into N logical devices first (gin
+            `LOGICAL_DEVICES`): `mirrored` then runs N replicas on a CPU.
         mixed_precision: train in `mixed_bfloat16` (logits and loss stay
             float32).
         seed: seed of initialisation, data order and training masks.
@@ -237,7 +258,9 @@ def run(
             f"warmup_fraction must be in [0, 1); got {warmup_fraction!r}."
         )
     keras.utils.set_random_seed(seed)
-    distribution = get_strategy(strategy, tpu_address=tpu_address)
+    distribution = get_strategy(
+        strategy, tpu_address=tpu_address, logical_devices=logical_devices
+    )
     replicas = distribution.num_replicas_in_sync
     output_dir = os.path.join(work_dir, TEACHER_DIR)
     tf.io.gfile.makedirs(output_dir)
@@ -293,6 +316,8 @@ def run(
             total_steps=total_steps,
             weight_decay=weight_decay,
             clipnorm=clipnorm,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            jit_compile=jit_compile,
         )
     logging.info(
         "teacher: %d parameters, task vocabulary %d, %d training pairs, "
@@ -312,6 +337,7 @@ def run(
         validate_every_steps=validate_every_steps,
         keep_checkpoints=keep_checkpoints,
         verbose=verbose,
+        plot_metrics=("val_accuracy",),
     )
     save_teacher(teacher, output_dir)
     logging.info("teacher saved to %s: %s", output_dir, result)

@@ -32,6 +32,7 @@ from absl import logging
 
 from bertkd_tf import checksums
 from bertkd_tf.atomic_files import remove_stale_temporaries, write_text_atomic
+from bertkd_tf.durations import format_duration
 from bertkd_tf.errors import ArtifactError
 from bertkd_tf.layers.fast_layers import loading_layout
 
@@ -236,7 +237,18 @@ def remove_leftovers(model_dir):
 
 
 class _StepLogger(keras.callbacks.Callback):
-    """Writes training metrics to TensorBoard every `log_every_steps`."""
+    """Writes training metrics to TensorBoard every `log_every_steps`
+    optimizer steps, at the run's global step.
+
+    Kept instead of `keras.callbacks.TensorBoard(update_freq=N)` for the
+    training metrics because TensorBoard numbers its batch summaries by a
+    counter that restarts at every `fit` call (one per chunk here) and
+    counts batches, not optimizer updates (gradient accumulation), and its
+    epoch summaries by the epoch (a chunk): a resumed or chunked run would
+    write several values at the same step. The validation metrics go
+    through `keras.callbacks.TensorBoard` (`_ValidationBoard`), which
+    writes them at `optimizer.iterations`.
+    """
 
     def __init__(self, writer, log_every_steps):
         super().__init__()
@@ -252,6 +264,165 @@ class _StepLogger(keras.callbacks.Callback):
                 tf.summary.scalar(f"train/{name}", float(value))
             learning_rate = self.model.optimizer.learning_rate
             tf.summary.scalar("train/learning_rate", float(learning_rate))
+
+
+def unmeasured_metrics(model):
+    """Names of `model.metrics` that no batch updated since their last
+    reset: a `Mean`-like tracker (`count` 0) that the step skipped, such as
+    `DistillationModel`'s `kd` during a validation without teacher
+    targets. Keras reports those as 0.0; `fit_resumable` leaves them out
+    of its logs instead."""
+    names = set()
+    for metric in model.metrics:
+        count = getattr(metric, "count", None)
+        if count is None or not hasattr(count, "numpy"):
+            continue
+        if float(count.numpy()) == 0.0:
+            names.add(metric.name)
+    return names
+
+
+class _ValidationBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` for `model.evaluate`: writes each
+    validation metric as `evaluation_<name>_vs_iterations` under
+    `logs/validation/`, at the optimizer step, leaving out the metrics no
+    batch updated (`unmeasured_metrics`), and flushes at once."""
+
+    def __init__(self, log_dir):
+        super().__init__(log_dir=log_dir, write_graph=False, profile_batch=0)
+
+    def on_test_end(self, logs=None):
+        skipped = unmeasured_metrics(self.model)
+        logs = {k: v for k, v in (logs or {}).items() if k not in skipped}
+        super().on_test_end(logs)
+        # TensorBoard closes (flushes) its writers at the end of training;
+        # `evaluate` never ends one, so close them here.
+        self.on_train_end()
+
+
+def _format_value(value):
+    value = float(value)
+    return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 else f"{value:.4e}"
+
+
+class GlobalStepProgress(keras.callbacks.Callback):
+    """The progress line of a `fit_resumable` run, in the run's steps.
+
+    Keras' own bar counts the steps of one `fit` call, and `fit_resumable`
+    calls `fit` once a chunk: it would read "Epoch 2/2" and "500/1000"
+    half-way through chunk 2 of 3. This line reads
+    `step 1500/3000 [=====.....] 50% - 0.52 s/step - 13:00 left - loss:
+    ...`: optimizer updates (`batches_per_step` batches each with gradient
+    accumulation) out of `total_steps`, the seconds a step takes and the
+    time left, measured from the first step this process finished (its
+    compile time left out; checkpoints and validations counted in), and the
+    chunk's running metrics.
+
+    `verbose` as Keras': 0 silent, 1 a line updated in place on a terminal
+    (a new line every `interval` seconds otherwise, default 30), 2 one line
+    per chunk. `clock` and `stream` are for tests.
+    """
+
+    def __init__(
+        self,
+        total_steps,
+        batches_per_step=1,
+        verbose=1,
+        clock=time.monotonic,
+        stream=None,
+        interval=None,
+        width=20,
+    ):
+        super().__init__()
+        self.total_steps = int(total_steps)
+        self.batches_per_step = int(batches_per_step or 1)
+        self.verbose = 1 if verbose == "auto" else int(verbose)
+        self.clock = clock
+        self.stream = stream
+        self.width = width
+        self._interval = interval
+        self._first_step = 0
+        self._reference = None  # (time, step) after the first step.
+        self._last_print = None
+        self._width_printed = 0
+
+    def _out(self):
+        import sys
+
+        return self.stream or sys.stdout
+
+    def _dynamic(self):
+        stream = self._out()
+        return (
+            keras.config.is_interactive_logging_enabled()
+            and hasattr(stream, "isatty")
+            and stream.isatty()
+        )
+
+    def line(self, step, logs=None, now=None):
+        """The progress text at global `step` (no end of line)."""
+        now = self.clock() if now is None else now
+        total = max(self.total_steps, 1)
+        done = min(step, total)
+        filled = int(self.width * done / total)
+        text = (
+            f"step {step}/{self.total_steps} "
+            f"[{'=' * filled}{'.' * (self.width - filled)}] "
+            f"{100 * done // total:3d}%"
+        )
+        if self._reference is not None and step > self._reference[1]:
+            start, first = self._reference
+            per_step = (now - start) / (step - first)
+            text += f" - {per_step:.3g} s/step"
+            if step < self.total_steps:
+                left = per_step * (self.total_steps - step)
+                text += f" - {format_duration(left)} left"
+        for name, value in (logs or {}).items():
+            try:
+                text += f" - {name}: {_format_value(value)}"
+            except (TypeError, ValueError):
+                continue
+        return text
+
+    def _show(self, text, final):
+        if not keras.config.is_interactive_logging_enabled():
+            logging.info("%s", text)
+            return
+        stream = self._out()
+        if self._dynamic():
+            padding = " " * max(self._width_printed - len(text), 0)
+            stream.write("\r" + text + padding + ("\n" if final else ""))
+            self._width_printed = 0 if final else len(text)
+        else:
+            stream.write(text + "\n")
+        stream.flush()
+
+    def on_train_begin(self, logs=None):
+        self._first_step = int(self.model.optimizer.iterations.numpy())
+        self._width_printed = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._first_step + (batch + 1) // self.batches_per_step
+        now = self.clock()
+        if self._reference is None and step > self._first_step:
+            self._reference = (now, step)  # The first update is done.
+        if self.verbose != 1:
+            return
+        interval = self._interval
+        if interval is None:
+            interval = 0.1 if self._dynamic() else 30.0
+        if self._last_print is not None and now - self._last_print < interval:
+            return
+        self._last_print = now
+        self._show(self.line(step, logs, now), final=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.verbose:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        now = self.clock()
+        self._last_print = now
+        self._show(self.line(step, logs, now), final=True)
 
 
 def _drop_history_after(history_path, step):
@@ -292,6 +463,7 @@ def fit_resumable(
     log_every_steps=50,
     callbacks=(),
     verbose="auto",
+    plot_metrics=(),
 ):
     """Trains `model` to `total_steps`, resuming from `model_dir` if it can.
 
@@ -301,8 +473,10 @@ def fit_resumable(
         train_dataset_fn: `seed_offset -> tf.data.Dataset` of
             `(x, y, sample_weight)`, infinite (repeated). Called once a chunk
             with the step the chunk starts at.
-        model_dir: output directory: `checkpoints/`, `logs/` (TensorBoard),
-            `history.jsonl`.
+        model_dir: output directory: `checkpoints/`, `logs/` (TensorBoard:
+            `train/<metric>` and `train/learning_rate` every
+            `log_every_steps`, `validation/evaluation_<metric>_vs_iterations`
+            at each validation), `history.jsonl`, the `plot_metrics` PNGs.
         total_steps: the optimizer step to stop at.
         checkpoint_every_steps: chunk length; a checkpoint is written after
             every chunk (and at the end).
@@ -312,7 +486,11 @@ def fit_resumable(
         keep_checkpoints: how many recent checkpoints to keep.
         log_every_steps: TensorBoard logging period of training metrics.
         callbacks: extra Keras callbacks for every chunk.
-        verbose: passed to `fit` (progress bar).
+        verbose: the progress line (`GlobalStepProgress`: global steps,
+            s/step, time left): 0 none, 1 / "auto" updated, 2 one a chunk.
+        plot_metrics: history keys (e.g. `("val_accuracy",)`) drawn over
+            the steps into `model_dir/valid_<name>.png` (the `val_` prefix
+            dropped) after each validation, atomically (`bertkd_tf.plots`).
 
     Returns:
         A dict: `step`, `elapsed_s` and the last training and validation
@@ -368,6 +546,9 @@ def fit_resumable(
     num_chunks = -(-total_steps // checkpoint_every_steps)
     # With gradient accumulation a step (an update) takes several batches.
     batches_per_step = model.optimizer.gradient_accumulation_steps or 1
+    progress = GlobalStepProgress(
+        total_steps, batches_per_step, verbose=verbose if chief else 0
+    )
     result = {"step": step, "elapsed_s": elapsed}
 
     while step < total_steps:
@@ -379,26 +560,44 @@ def fit_resumable(
             initial_epoch=chunk,
             epochs=chunk + 1,
             steps_per_epoch=steps * batches_per_step,
-            callbacks=[logger, *callbacks],
-            verbose=verbose,
+            callbacks=[logger, progress, *callbacks],
+            # Keras' bar would count the chunk's steps: `progress` shows
+            # the run's.
+            verbose=0,
             shuffle=False,  # The dataset shuffles itself, by seed.
         )
         elapsed += time.time() - start
         step = int(model.optimizer.iterations.numpy())
         manager.save(checkpoint_number=step)
         record = {"step": step, "elapsed_s": round(elapsed, 2)}
-        record.update({k: float(v[-1]) for k, v in history.history.items()})
-        if validation_dataset is not None and (
+        skipped = unmeasured_metrics(model)
+        record.update(
+            {
+                k: float(v[-1])
+                for k, v in history.history.items()
+                if k not in skipped
+            }
+        )
+        validated = validation_dataset is not None and (
             step % validate_every_steps == 0 or step >= total_steps
-        ):
-            scores = model.evaluate(
-                validation_dataset, return_dict=True, verbose=0
+        )
+        if validated:
+            board = (
+                [_ValidationBoard(os.path.join(model_dir, "logs"))]
+                if chief
+                else []
             )
+            scores = model.evaluate(
+                validation_dataset,
+                return_dict=True,
+                verbose=0,
+                callbacks=board,
+            )
+            # A metric the validation step never updates (`kd` without
+            # teacher targets) would read 0.0: left out.
+            skipped = unmeasured_metrics(model)
+            scores = {k: v for k, v in scores.items() if k not in skipped}
             record.update({f"val_{k}": float(v) for k, v in scores.items()})
-            if writer is not None:
-                with writer.as_default(step=step):
-                    for name, value in scores.items():
-                        tf.summary.scalar(f"valid/{name}", float(value))
             logging.info(
                 "step %d validation: %s",
                 step,
@@ -407,6 +606,8 @@ def fit_resumable(
         if chief:
             with open(history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if validated:
+                _plot_history(model_dir, history_path, plot_metrics)
         result = record
         logging.info("chunk %d/%d done: %s", chunk + 1, num_chunks, record)
 
@@ -415,6 +616,31 @@ def fit_resumable(
     if writer is not None:
         writer.flush()
     return result
+
+
+def _plot_history(model_dir, history_path, keys):
+    """`model_dir/valid_<name>.png` for each history key in `keys`."""
+    from bertkd_tf import plots
+
+    for key in keys:
+        steps, values = plots.history_curve(history_path, key)
+        if not steps:
+            continue
+        name = key[len("val_") :] if key.startswith("val_") else key
+        try:
+            plots.write_curves_png(
+                os.path.join(model_dir, f"valid_{name}.png"),
+                {
+                    os.path.basename(os.path.normpath(model_dir)): (
+                        steps,
+                        values,
+                    )
+                },
+                "training step",
+                f"validation {name}",
+            )
+        except Exception as error:  # noqa: BLE001 (a plot never stops a run)
+            logging.warning("Could not plot %s: %s", key, _first_line(error))
 
 
 def save_final(model, directory, config_file, weights_file):

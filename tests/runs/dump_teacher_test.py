@@ -574,3 +574,123 @@ def test_killed_dump_resumed_in_other_processes_is_byte_identical(
     reference = _digests(os.path.join(dumped["work_dir"], "targets"))
     assert len(reference) == 4  # 3 shards and the manifest
     assert _digests(output_dir) == reference
+
+
+# Progress and scaling out (issue 18 points 6 and 9) -------------------------
+
+
+def test_progress_logs_pairs_per_second_and_time_left(caplog):
+    """A fake clock: pairs/s over the elapsed time, the time left from the
+    positions still to dump at the positions/s so far; a line every
+    `every_seconds` and when forced."""
+    now = [1000.0]
+    progress = dump_teacher._Progress(
+        total_pairs=400,
+        total_positions=9000,
+        every_seconds=60,
+        clock=lambda: now[0],
+    )
+    caplog.set_level("INFO")
+    now[0] += 30
+    progress.update(100, 1500)  # Under a minute since the start: quiet.
+    assert "pairs/s" not in caplog.text
+    now[0] += 45  # 75 s: 2 pairs/s, 20 positions/s; 7,500 left = 6:15.
+    progress.update(50, 0)
+    assert (
+        "dump: 150/400 pairs (37.5%), 1500/9000 positions, 2.0 pairs/s, "
+        "20 positions/s, 1:15 elapsed, ETA 6:15 left"
+    ) in caplog.text
+    now[0] += 3 * 3600  # 1,500 positions in 10,875 s: 7,500 take 5x.
+    assert progress.message(now[0]).endswith(
+        "3:01:15 elapsed, ETA 15:06:15 left"
+    )
+    progress.update(250, 7500, force=True)
+    assert "400/400 pairs (100.0%)" in caplog.text
+    assert caplog.text.rstrip().endswith("elapsed")  # Done: no ETA.
+
+
+def test_replicated_top_k_splits_rows_and_restores_their_order():
+    """Rows go round-robin to the replicas (the last one repeated to fill)
+    and come back in their order; one replica calls the function as is."""
+    strategy = tf.distribute.get_strategy()
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+        def experimental_distribute_values_from_function(self, fn):
+            class Context:
+                def __init__(self, i):
+                    self.replica_id_in_sync_group = i
+
+            return [fn(Context(i)) for i in range(2)]
+
+        def run(self, fn, args):
+            outputs = [fn(*(a[i] for a in args)) for i in range(2)]
+            return [list(values) for values in zip(*outputs)]
+
+        def experimental_local_results(self, value):
+            return value
+
+    seen = []
+
+    def top_k_fn(source, target):
+        seen.append(np.asarray(source)[:, 0].tolist())
+        return (tf.constant(source) * 10, tf.constant(target) + 1)
+
+    source = np.arange(5)[:, None] * np.ones((1, 3), np.int32)
+    target = np.arange(5)[:, None] * np.ones((1, 2), np.int32)
+    outputs = dump_teacher._ReplicatedTopK(top_k_fn, TwoReplicas())(
+        source, target
+    )
+    assert seen == [[0, 2, 4], [1, 3, 4]]
+    np.testing.assert_array_equal(outputs[0], source * 10)
+    np.testing.assert_array_equal(outputs[1], target + 1)
+    del seen[:]
+    one = dump_teacher._ReplicatedTopK(top_k_fn, None)(source, target)
+    assert seen == [[0, 1, 2, 3, 4]] and strategy.num_replicas_in_sync == 1
+    np.testing.assert_array_equal(one[0], source * 10)
+
+
+def test_multi_worker_dump_is_refused(dumped, tmp_path):
+    with pytest.raises(dump_teacher.ConfigError, match="max_new_shards"):
+        _dump(
+            dumped["work_dir"],
+            TINY_CORPUS,
+            output_dir=str(tmp_path / "t"),
+            strategy="multi_worker",
+        )
+
+
+@pytest.mark.slow
+def test_two_replica_dump_is_byte_identical(dumped, tmp_path):
+    """`STRATEGY = 'mirrored'` with `LOGICAL_DEVICES = 2` (two logical CPU
+    devices, set by the binary's gin knob): every batch is split over two
+    replicas, and the shards and manifest are the bytes of the one-device
+    dump."""
+    output_dir = str(tmp_path / "targets")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bertkd_tf.main",
+            "--mode=dump_teacher",
+            "--gin_file=gin/experiments/multi30k_de_en_dump.gin",
+            f"--gin_bindings=DATA_DIR='{dumped['corpus']}'",
+            f"--gin_bindings=WORK_DIR='{dumped['work_dir']}'",
+            "--gin_bindings=MIXED_PRECISION=False",
+            "--gin_bindings=TOKENS_PER_BATCH=2048",
+            "--gin_bindings=STRATEGY='mirrored'",
+            "--gin_bindings=LOGICAL_DEVICES=2",
+            "--gin_bindings=dump_teacher.run.pairs_per_shard=16",
+            f"--gin_bindings=dump_teacher.run.output_dir='{output_dir}'",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replica(s)" in result.stderr, result.stderr[-3000:]
+    reference = _digests(os.path.join(dumped["work_dir"], "targets"))
+    assert _digests(output_dir) == reference

@@ -185,3 +185,23 @@ def test_gin_files_parse(tmp_path):
             assert callable(run)
     finally:
         gin.clear_config()
+
+
+def test_progress_logs_sentences_per_second_and_time_left(caplog):
+    """Rate from the decoder's seconds, time left at that rate; a log line
+    every `every_seconds` of the (fake) clock."""
+    from bertkd_tf.runs import evaluate
+
+    now = [0.0]
+    progress = evaluate._Progress(200, verbose=False, clock=lambda: now[0])
+    caplog.set_level("INFO")
+    progress(50, 200, 25.0)  # 2 sentences/s: 150 left take 1:15.
+    assert "decoded 50/200 sentences, 2.0 sentences/s, ETA 1:15 left" in (
+        caplog.text
+    )
+    now[0] = 10.0
+    progress(60, 200, 30.0)  # Within 30 s of the last line: quiet.
+    assert "60/200" not in caplog.text
+    now[0] = 31.0
+    progress(200, 200, 100.0)
+    assert "decoded 200/200 sentences, 2.0 sentences/s\n" in caplog.text + "\n"

@@ -310,3 +310,112 @@ def test_teacher_trains_on_two_workers_and_they_agree(tmp_path):
     assert_workers_agree(
         outputs, files, [v.numpy() for v in _tiny_teacher().weights]
     )
+
+
+# --- Gradient accumulation and XLA (issue 18 point 9) ----------------------
+
+
+def test_accumulating_two_batches_equals_one_batch_of_both():
+    """`gradient_accumulation_steps=2`: after two half batches the teacher
+    has the weights one update on the whole batch gives (same mask count
+    in each half, so the mean of the two means is the mean); after the
+    first half nothing moved."""
+    from tests.models.cmlm_teacher_test import BERT_IDS, _inputs, _tiny_teacher
+
+    x = _inputs(batch=4)
+    rng = np.random.default_rng(1)
+    y = rng.integers(5, len(BERT_IDS), (4, 3)).astype("int32")
+    w = np.ones((4, 3), "float32")
+
+    def half(value, i):
+        return value[2 * i : 2 * i + 2]
+
+    def trained(accumulation):
+        teacher = _tiny_teacher(dropout=0.0)
+        train_teacher.compile_teacher(
+            teacher,
+            peak_learning_rate=1e-2,
+            warmup_steps=0,
+            total_steps=10,
+            gradient_accumulation_steps=accumulation,
+        )
+        teacher(x)
+        initial = [v.numpy() for v in teacher.trainable_weights]
+        if accumulation:
+            for i in range(2):
+                teacher.train_on_batch(
+                    {k: half(v, i) for k, v in x.items()},
+                    half(y, i),
+                    sample_weight=half(w, i),
+                )
+                if i == 0:
+                    for a, b in zip(initial, teacher.trainable_weights):
+                        np.testing.assert_array_equal(a, b.numpy())
+        else:
+            # One update on the whole batch, its gradients made dense: the
+            # token embedding's is a `tf.IndexedSlices`, and Keras' Adam
+            # adds the squares of a repeated row's slices into the second
+            # moment instead of the square of their sum (what the summed,
+            # dense gradient of an accumulation gives).
+            with tf.GradientTape() as tape:
+                loss = teacher.compute_loss(
+                    x, y, teacher(x, training=True), w, training=True
+                )
+            gradients = tape.gradient(loss, teacher.trainable_weights)
+            teacher.optimizer.apply(
+                [tf.convert_to_tensor(g) for g in gradients],
+                teacher.trainable_weights,
+            )
+        assert int(teacher.optimizer.iterations.numpy()) == 1
+        return initial, [v.numpy() for v in teacher.trainable_weights]
+
+    initial, accumulated = trained(2)
+    _, whole = trained(None)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(initial, whole))
+    assert moved > 1e-3
+    for a, b in zip(accumulated, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _Compiled(Exception):
+    pass
+
+
+def test_accumulation_and_xla_settings_reach_the_teacher(setup, monkeypatch):
+    """`train_teacher.run(gradient_accumulation_steps=4, jit_compile=True)`
+    compiles the teacher with them (checked at the start of training)."""
+    data_dir, work_dir = setup
+    seen = {}
+
+    def stop_at_fit(model, train_dataset_fn, **kwargs):
+        seen["accumulation"] = model.optimizer.gradient_accumulation_steps
+        seen["jit_compile"] = model.jit_compile
+        seen["plot_metrics"] = kwargs["plot_metrics"]
+        raise _Compiled()
+
+    monkeypatch.setattr(trainer, "fit_resumable", stop_at_fit)
+    with pytest.raises(_Compiled):
+        _run(
+            data_dir, work_dir, gradient_accumulation_steps=4, jit_compile=True
+        )
+    assert seen == {
+        "accumulation": 4,
+        "jit_compile": True,
+        "plot_metrics": ("val_accuracy",),
+    }
+    with pytest.raises(_Compiled):
+        _run(data_dir, work_dir, gradient_accumulation_steps=1)
+    assert seen["accumulation"] is None and seen["jit_compile"] is False
+
+
+def test_teacher_run_draws_its_validation_accuracy(setup):
+    data_dir, work_dir = setup
+    _run(data_dir, work_dir, gradient_accumulation_steps=2)
+    teacher_dir = os.path.join(work_dir, "teacher")
+    with open(os.path.join(teacher_dir, "valid_accuracy.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    history = [
+        json.loads(line)
+        for line in open(os.path.join(teacher_dir, "history.jsonl"))
+    ]
+    assert history[-1]["step"] == 4 and "val_accuracy" in history[-1]
