@@ -160,7 +160,9 @@ def student_from_config(directory, dtype=None):
     return keras.saving.deserialize_keras_object(config)
 
 
-def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
+def load_student(
+    directory, dtype=None, weights_file=FINAL_WEIGHTS, setting=None
+):
     """The student saved by `distill` in `directory` (e.g. WORK_DIR/student).
 
     The weights file is checked against its recorded SHA-256
@@ -169,8 +171,11 @@ def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
     Args:
         directory: the directory with `student_config.json` and the weights.
         dtype: optional dtype policy to run it in (e.g. "mixed_bfloat16").
-        weights_file: weights file in `directory`, e.g. the output of
+        weights_file: weights file in `directory` (or an absolute path),
+            e.g. `averaged.weights.h5`, the output of
             `tools/average_checkpoints.py`.
+        setting: the gin setting that chose `weights_file` (e.g.
+            "evaluate.run.weights_file"), named when the file is missing.
     """
     student = student_from_config(directory, dtype=dtype)
     if weights_file == FINAL_WEIGHTS:
@@ -180,9 +185,11 @@ def load_student(directory, dtype=None, weights_file=FINAL_WEIGHTS):
         )
     else:
         remedy = (
-            "write it again (`tools/average_checkpoints.py` for averaged "
-            "weights)"
+            "write it again (`python tools/average_checkpoints.py "
+            f"--model_dir={directory}` for averaged weights)"
         )
+        if setting:
+            remedy += f", or set {setting} to another file ({FINAL_WEIGHTS!r})"
     trainer.load_final_weights(
         student, os.path.join(directory, weights_file), remedy=remedy
     )

@@ -58,6 +58,18 @@ best `2 * beam_size` blocks hold the best `2 * beam_size` candidates, and
 only those blocks are searched. The result is exactly `tf.math.top_k`'s,
 ties included (the lower flat index first).
 
+## Constraints (summarization)
+
+`min_length` (EOS is banned at the first `min_length` steps) and
+`no_repeat_ngram_size` (a token that would complete an n-gram already in
+the hypothesis, start token included, is banned) are fairseq's
+`--min-len` and `--no-repeat-ngram-size`. `search_loop.banned_tokens`
+computes the banned tokens of each row from the token buffer with static
+shapes (XLA); `beam_candidates` gives them log probability -inf after the
+log softmax, so allowed tokens keep the model's log probabilities (as
+fairseq: no renormalisation). A hypothesis with no allowed extension
+drops out of the beam.
+
 ## Scores and stopping
 
 - A hypothesis' log probability is the sum of its tokens' log softmax.
@@ -80,7 +92,9 @@ import tensorflow as tf
 # F401: decode_lengths and doubling_prefix_lengths are used with the search
 # (Generator, tests) and importable from here as before.
 from bertkd_tf.decoding.search_loop import (  # noqa: F401
+    banned_tokens,
     call_next_fn,
+    check_constraints,
     check_max_length,
     check_prefix_lengths,
     decode_lengths,
@@ -144,7 +158,9 @@ def _block_size(vocabulary_size, block_size):
     return min(divisors, key=lambda d: (abs(d - block_size), d))
 
 
-def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
+def beam_candidates(
+    logits, alive_log_probs, count, block_size=BLOCK_SIZE, banned=None
+):
     """The `count` best one-token extensions of each example's beams.
 
     Equals, values and indices, ties included:
@@ -154,13 +170,17 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
     ```
     with the flat index split into (beam, token). When the vocabulary is
     static and at least twice `block_size`, only the `count` blocks whose
-    maximum is best are searched (see the module docstring).
+    maximum is best are searched (see the module docstring). With `banned`,
+    `log_probs` is -inf where `banned` is True (the log softmax itself is
+    over every token, as above).
 
     Args:
         logits: float `[batch * beam, vocabulary]`, rows example-major.
         alive_log_probs: float32 `[batch, beam]`.
         count: int, candidates per example (<= beam * vocabulary).
         block_size: int, logits per block (0 searches the flat array).
+        banned: optional bool `[batch * beam, vocabulary]`, extensions
+            not allowed (see `search_loop.banned_tokens`).
 
     Returns:
         `(log_probs, beams, tokens)`: float32 and int32 `[batch, count]`,
@@ -182,6 +202,12 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
     def log_probs(x, row_max, log_sum, offset):
         return ((x - row_max) - log_sum) + offset
 
+    # What is searched: the logits with banned tokens at -inf (the
+    # normalisation above still reads every logit).
+    choices = logits
+    if banned is not None:
+        choices = tf.where(banned, float("-inf"), logits)
+
     if not block_size or vocabulary_size is None:
         blocked = False
     else:
@@ -191,7 +217,7 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
         vocabulary_size = tf.shape(logits)[-1]
         row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
         log_sum = log_sum_exp(row_max)
-        values = log_probs(logits, row_max, log_sum, offset)
+        values = log_probs(choices, row_max, log_sum, offset)
         top, flat = tf.math.top_k(tf.reshape(values, [batch_size, -1]), k=count)
         return top, flat // vocabulary_size, flat % vocabulary_size
 
@@ -199,17 +225,21 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
     blocks = full_blocks + (1 if tail else 0)
     maxima = tf.reduce_max(
         tf.reshape(
-            logits[:, : full_blocks * block_size], [-1, full_blocks, block_size]
+            choices[:, : full_blocks * block_size],
+            [-1, full_blocks, block_size],
         ),
         axis=-1,
     )
     if tail:
         last = tf.reduce_max(
-            logits[:, full_blocks * block_size :], axis=-1, keepdims=True
+            choices[:, full_blocks * block_size :], axis=-1, keepdims=True
         )
         maxima = tf.concat([maxima, last], axis=1)
-    # The row's maximum is its blocks' (one pass over the logits fewer).
-    row_max = tf.reduce_max(maxima, axis=-1, keepdims=True)
+    if banned is None:
+        # The row's maximum is its blocks' (one pass over the logits fewer).
+        row_max = tf.reduce_max(maxima, axis=-1, keepdims=True)
+    else:
+        row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
     log_sum = log_sum_exp(row_max)
     # log_softmax is monotonic within a row, so a block's best candidate is
     # its maximum's. Block c of an example is block c % blocks of beam
@@ -222,7 +252,7 @@ def beam_candidates(logits, alive_log_probs, count, block_size=BLOCK_SIZE):
     columns = (chosen % blocks)[:, :, None] * block_size + tf.range(block_size)
     inside = columns < vocabulary_size  # the last block may be short
     x = tf.gather(
-        tf.reshape(logits, [-1]),
+        tf.reshape(choices, [-1]),
         rows[:, :, None] * vocabulary_size
         + tf.minimum(columns, vocabulary_size - 1),
     )
@@ -251,6 +281,8 @@ def beam_search(
     pad_id=0,
     reorder_state=None,
     prefix_lengths=None,
+    min_length=0,
+    no_repeat_ngram_size=0,
 ):
     """Beam search with alive and finished hypotheses kept apart.
 
@@ -279,6 +311,11 @@ def beam_search(
         prefix_lengths: optional increasing static ints ending at
             `max_length`: run the loop in phases and pass `next_fn` the
             phase's bound as `prefix_length` (see the module docstring).
+        min_length: int >= 0; EOS is not chosen at the first `min_length`
+            steps (fairseq's `--min-len`).
+        no_repeat_ngram_size: int >= 0; with n > 0, no n-gram occurs twice
+            in a hypothesis, start token included (fairseq's
+            `--no-repeat-ngram-size`).
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` and float32
@@ -301,6 +338,7 @@ def beam_search(
     """
     _validate(beam_size, max_length, num_return_sequences)
     check_prefix_lengths(prefix_lengths, max_length)
+    check_constraints(min_length, no_repeat_ngram_size)
     n_best = num_return_sequences or 1
     k = beam_size
     buffer_length = max_length + 1
@@ -363,10 +401,18 @@ def beam_search(
         logits, new_state = call_next_fn(
             next_fn, flat_ids, index, alive_state, prefix_length
         )
+        banned = banned_tokens(
+            flat_ids,
+            index,
+            logits.shape[-1] or tf.shape(logits)[-1],
+            eos_id=eos_id,
+            min_length=min_length,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
         # 2k candidates per example from the k * vocabulary extensions:
         # log probabilities, the beam each extends and the token.
         top_log_probs, source_beam, tokens = beam_candidates(
-            logits, alive_log_probs, 2 * k
+            logits, alive_log_probs, 2 * k, banned=banned
         )
         candidate_seq = tf.gather(alive_seq, source_beam, batch_dims=1)
         candidate_seq = write_column(candidate_seq, index + 1, tokens)

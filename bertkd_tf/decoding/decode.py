@@ -79,7 +79,8 @@ def decode_student(
     gives the next-token function, its cache and layout, which greedy
     search (`settings.beam_size == 1`) or beam search runs for at most
     `buffer_length` steps; each example stops at `source length +
-    settings.max_length_margin` (source with EOS).
+    settings.max_length_margin` (source with EOS). `settings.min_length`
+    and `settings.no_repeat_ngram_size` constrain both searches.
 
     Args:
         model: a `SearchableStudent` (`call_encoder`, `next_token`).
@@ -125,6 +126,8 @@ def decode_student(
             max_lengths=max_lengths,
             pad_id=pad_id,
             prefix_lengths=step.prefix_lengths,
+            min_length=settings.min_length,
+            no_repeat_ngram_size=settings.no_repeat_ngram_size,
         )
     return beam_search(
         step.next_fn,
@@ -139,4 +142,6 @@ def decode_student(
         pad_id=pad_id,
         reorder_state=step.reorder_state,
         prefix_lengths=step.prefix_lengths,
+        min_length=settings.min_length,
+        no_repeat_ngram_size=settings.no_repeat_ngram_size,
     )

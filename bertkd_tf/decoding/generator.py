@@ -340,7 +340,9 @@ class Generator:
                 `num_return_sequences` (None for the best, or n <=
                 beam_size for the n best: each output is then a list of
                 n), `use_cache` (False recomputes the decoder prefix every
-                step; for benchmarks), `jit_compile`, `prefix_phases`.
+                step; for benchmarks), `jit_compile`, `prefix_phases`,
+                `min_length` (at least this many tokens before EOS) and
+                `no_repeat_ngram_size` (no n-gram twice in an output).
 
         Returns:
             A list with one entry per input (a list of n entries when

@@ -3,7 +3,9 @@
 import tensorflow as tf
 
 from bertkd_tf.decoding.search_loop import (
+    banned_tokens,
     call_next_fn,
+    check_constraints,
     check_max_length,
     check_prefix_lengths,
     keep_shapes,
@@ -22,6 +24,8 @@ def greedy_search(
     max_lengths=None,
     pad_id=0,
     prefix_lengths=None,
+    min_length=0,
+    no_repeat_ngram_size=0,
 ):
     """Picks the most likely token at every step.
 
@@ -33,6 +37,11 @@ def greedy_search(
     An example stops after EOS or at its maximum length; the loop stops once
     every example has stopped.
 
+    With `min_length` or `no_repeat_ngram_size` the most likely *allowed*
+    token is picked (`search_loop.banned_tokens`); its score is the model's
+    log probability (no renormalisation over the allowed tokens). A row
+    with no allowed token left stops there, unfinished (padding follows).
+
     Args:
         next_fn: callable `(token_ids, index, state) -> (logits, state)`.
         initial_ids: int tensor `[batch]`, the start token of each example.
@@ -43,6 +52,11 @@ def greedy_search(
         max_lengths: optional int tensor `[batch]`, per-example limits.
         pad_id: int, written after EOS.
         prefix_lengths: optional phases, as in `beam_search`.
+        min_length: int >= 0; EOS is not chosen at the first `min_length`
+            steps (fairseq's `--min-len`).
+        no_repeat_ngram_size: int >= 0; with n > 0, no n-gram occurs twice
+            in a hypothesis, start token included (fairseq's
+            `--no-repeat-ngram-size`).
 
     Returns:
         `(sequences, scores)`: int32 `[batch, max_length]` without the start
@@ -61,6 +75,7 @@ def greedy_search(
     """
     check_max_length(max_length)
     check_prefix_lengths(prefix_lengths, max_length)
+    check_constraints(min_length, no_repeat_ngram_size)
     initial_ids, batch_size, max_lengths = search_limits(
         initial_ids, max_length, max_lengths
     )
@@ -78,6 +93,18 @@ def greedy_search(
             next_fn, sequences, index, state, prefix_length
         )
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+        banned = banned_tokens(
+            sequences,
+            index,
+            logits.shape[-1] or tf.shape(logits)[-1],
+            eos_id=eos_id,
+            min_length=min_length,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
+        if banned is not None:
+            log_probs = tf.where(banned, float("-inf"), log_probs)
+            # A row with nothing allowed stops (padding, no score).
+            finished |= tf.reduce_all(banned, axis=-1)
         tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         token_log_probs = tf.gather(log_probs, tokens, batch_dims=1)
         # Finished rows keep writing padding and add nothing to the score.

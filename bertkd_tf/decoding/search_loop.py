@@ -5,7 +5,9 @@ token buffer (column 0 the start token), call the student's `next_fn`
 (see `beam_search`'s module docstring for the contract) once a step inside
 a `tf.while_loop` bounded by `max_length`, and may run that loop in phases
 with a static `prefix_length` each (`prefix_lengths`). What differs is only
-how a step picks tokens; the rest lives here.
+how a step picks tokens; the rest lives here, with the constraints both
+apply to a step's choice (`check_constraints`, `banned_tokens`: fairseq's
+`--min-len` and `--no-repeat-ngram-size`).
 """
 
 import tensorflow as tf
@@ -39,6 +41,92 @@ def check_prefix_lengths(prefix_lengths, max_length):
             "`prefix_lengths` must be increasing positive ints ending at "
             f"max_length={max_length}. Received: {prefix_lengths!r}"
         )
+
+
+def check_constraints(min_length, no_repeat_ngram_size):
+    """Raises ValueError unless `min_length` and `no_repeat_ngram_size` are
+    ints >= 0 (0: off). A `min_length` at or above the buffer is allowed:
+    the hypothesis is then cut at its maximum length, as a per-example cap
+    below `min_length` cuts it."""
+    for name, value in (
+        ("min_length", min_length),
+        ("no_repeat_ngram_size", no_repeat_ngram_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                f"`{name}` must be an int >= 0 (0: off). Received: "
+                f"{name}={value!r}"
+            )
+
+
+def banned_tokens(
+    token_ids,
+    index,
+    vocabulary_size,
+    *,
+    eos_id,
+    min_length=0,
+    no_repeat_ngram_size=0,
+):
+    """The tokens a step may not choose, or None when no constraint is on.
+
+    Static shapes throughout (XLA): the n-grams are compared at every
+    start position of the fixed-width buffer and those not yet complete
+    are masked out, instead of slicing the hypothesis.
+
+    Args:
+        token_ids: int32 `[rows, width]`, the search's token buffer: column
+            0 the start token, column `index` the last token, `pad_id`
+            after it.
+        index: scalar int32, the step (the token chosen now goes to column
+            `index + 1`).
+        vocabulary_size: int or scalar tensor.
+        eos_id: int.
+        min_length: int; EOS is banned while `index < min_length`.
+        no_repeat_ngram_size: int n; with n > 0, a token is banned when it
+            would complete an n-gram that already occurs in columns
+            `0..index` (start token included).
+
+    Returns:
+        bool `[rows, vocabulary_size]`, True where banned, or None.
+    """
+    if not min_length and not no_repeat_ngram_size:
+        return None
+    rows = tf.shape(token_ids)[0]
+    banned = tf.zeros([rows, vocabulary_size], tf.bool)
+    if min_length:
+        eos = tf.equal(tf.range(vocabulary_size), eos_id)[None, :]
+        banned |= eos & (index < min_length)
+    n = no_repeat_ngram_size
+    width = token_ids.shape[1]
+    if width is None:
+        width = tf.shape(token_ids)[1]
+    elif n > width:
+        n = 0  # No n-gram fits in the buffer.
+    if n:
+        # The n-gram starting at column j is token_ids[:, j:j + n]; it
+        # exists once j + n - 1 <= index. Its first n - 1 tokens against
+        # the hypothesis' last n - 1 (columns index - n + 2 .. index).
+        starts = width - n + 1
+        matches = tf.broadcast_to(
+            (tf.range(starts) + n - 1 <= index)[None, :], [rows, starts]
+        )
+        for offset in range(n - 1):
+            # Negative columns only occur when no n-gram is complete yet.
+            column = tf.maximum(index - n + 2 + offset, 0)
+            last = tf.gather(token_ids, column, axis=1)
+            matches &= tf.equal(
+                token_ids[:, offset : offset + starts], last[:, None]
+            )
+        following = token_ids[:, n - 1 : n - 1 + starts]
+        row_ids = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(following))
+        counts = tf.tensor_scatter_nd_add(
+            tf.zeros([rows, vocabulary_size], tf.int32),
+            tf.stack([row_ids, following], axis=-1),
+            tf.cast(matches, tf.int32),
+        )
+        banned |= counts > 0
+    return banned
 
 
 def doubling_prefix_lengths(max_length, first=16):

@@ -19,6 +19,14 @@ _MEANING = {
     "use_cache": (
         "decode with the student's cache (False recomputes the prefix)"
     ),
+    "min_length": (
+        "the fewest tokens generated before EOS (EOS is blocked at the "
+        "first min_length steps; fairseq's --min-len)"
+    ),
+    "no_repeat_ngram_size": (
+        "0, or n: no n-gram occurs twice in a hypothesis (fairseq's "
+        "--no-repeat-ngram-size)"
+    ),
 }
 
 
@@ -60,6 +68,18 @@ class SearchSettings:
             `[1, beam_size]` for the n best.
         use_cache: bool; False recomputes the decoder prefix at every step
             (the baseline the cache is measured against).
+        min_length: int in `[0, max_length - 1]`: EOS may not be generated
+            at the first `min_length` steps, so a finished hypothesis has
+            at least `min_length` tokens before its EOS (fairseq's
+            `--min-len`; 0: off). A per-example cap below it
+            (`max_length_margin`) still ends the hypothesis (truncated).
+        no_repeat_ngram_size: int >= 0: with n > 0, a token that would
+            complete an n-gram already in the hypothesis (start token
+            included, as fairseq and Hugging Face count) is blocked
+            (fairseq's `--no-repeat-ngram-size`; 0: off).
+            Blocked tokens get log probability -inf; the others keep the
+            model's (no renormalisation, as fairseq), so scores stay the
+            model's log probabilities of the chosen tokens.
 
     Raises:
         ValueError: a setting of the wrong type or out of range, naming it.
@@ -79,6 +99,8 @@ class SearchSettings:
     prefix_phases: bool = False
     num_return_sequences: int | None = None
     use_cache: bool = True
+    min_length: int = 0
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self):
         if not _is_int(self.beam_size):
@@ -108,6 +130,18 @@ class SearchSettings:
                 f"None or an int in [1, beam_size={self.beam_size}]",
                 n,
             )
+        if not _is_int(self.min_length) or not (
+            0 <= self.min_length < self.max_length
+        ):
+            raise _bad(
+                "min_length",
+                f"an int in [0, max_length - 1 = {self.max_length - 1}] "
+                "(EOS must stay reachable)",
+                self.min_length,
+            )
+        n = self.no_repeat_ngram_size
+        if not _is_int(n) or n < 0:
+            raise _bad("no_repeat_ngram_size", "an int >= 0 (0: off)", n)
         object.__setattr__(self, "length_penalty", float(self.length_penalty))
 
     def replace(self, **changes):

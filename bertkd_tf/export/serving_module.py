@@ -22,6 +22,10 @@ Signatures:
   in the graph: an id outside `[0, vocabulary size)` or a mask of another
   shape than the ids fails the request with `InvalidArgumentError` (HTTP
   400 in TF Serving) naming the input, the problem and the valid range.
+- `serve_nbest` (only when exported with `num_return_sequences=N`):
+  `inputs` string `[batch]` -> `outputs` string `[batch, N]`, the N best
+  hypotheses best first, and `scores` float32 `[batch, N]` (as
+  `serving_default`'s; its column 0 is `serving_default`'s answer).
 
 Edge cases: sources longer than `max_source_length` are truncated (the
 first `max_source_length - 1` WordPieces, then EOS), as `Generator` does;
@@ -68,8 +72,12 @@ class ServingModule(tf.Module):
             TF Serving runs XLA-marked functions on CPU only with
             `--xla_cpu_compilation_enabled`, and shapes vary per request).
             The search graph is laid out for TensorFlow's graph mode
-            (dynamic shapes) whatever `jit_compile`; `prefix_phases`,
-            `num_return_sequences` and `use_cache=False` are not served.
+            (dynamic shapes) whatever `jit_compile`; `prefix_phases` and
+            `use_cache=False` are not served. `num_return_sequences=N`
+            adds the `serve_nbest` signature (the N best, N <=
+            `beam_size`); the other signatures return the best.
+            `min_length` and `no_repeat_ngram_size` apply to every
+            signature.
         max_source_length: int, the longest encoder input, EOS included;
             longer sources are truncated. Default: the backbone's
             `max_sequence_length`.
@@ -167,6 +175,9 @@ class ServingModule(tf.Module):
         self.max_length_margin = settings.max_length_margin
         self.max_source_length = max_source_length
         self.jit_compile = settings.jit_compile
+        self.min_length = settings.min_length
+        self.no_repeat_ngram_size = settings.no_repeat_ngram_size
+        self.nbest = settings.num_return_sequences
         self.search_shards = search_shards
         self.bos_id = vocabulary.bos_id
         self.eos_id = vocabulary.eos_id
@@ -187,6 +198,18 @@ class ServingModule(tf.Module):
         self._search_function = tf.function(
             self._search, jit_compile=self.jit_compile, autograph=False
         )
+        if self.nbest is not None:
+            self.serve_nbest = tf.function(
+                self._serve_nbest,
+                input_signature=[
+                    tf.TensorSpec([None], tf.string, name="inputs")
+                ],
+            )
+            self._nbest_search_function = tf.function(
+                lambda ids, mask: self._search(ids, mask, nbest=True),
+                jit_compile=self.jit_compile,
+                autograph=False,
+            )
 
     # --- Settings ----------------------------------------------------------
 
@@ -199,6 +222,9 @@ class ServingModule(tf.Module):
             "max_length_margin": self.max_length_margin,
             "max_source_length": self.max_source_length,
             "jit_compile": self.jit_compile,
+            "min_length": self.min_length,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "num_return_sequences": self.nbest,
             "search_shards": self.search_shards,
             "vocabulary_size": self._vocabulary.size,
             "vocabulary_fingerprint": self._vocabulary.fingerprint,
@@ -209,20 +235,35 @@ class ServingModule(tf.Module):
 
     # --- Graph -------------------------------------------------------------
 
-    def _search(self, encoder_token_ids, encoder_padding_mask):
+    def _search(self, encoder_token_ids, encoder_padding_mask, nbest=False):
         """Dense encoder inputs (batch >= 1, length >= 1) -> ids, scores.
 
         `Generator`'s search (`decode_student`) over dynamic batch and
         source lengths with a `max_length` decoding buffer, laid out for
         TensorFlow's graph mode (dynamic shapes) and returning the best
-        hypothesis, with the cache.
+        hypothesis (`[batch, max_length]`, `[batch]`), or with `nbest` the
+        `self.nbest` best (`[batch, nbest, max_length]`, `[batch, nbest]`),
+        with the cache.
         """
         settings = self.settings.replace(
             jit_compile=False,
             prefix_phases=False,
-            num_return_sequences=None,
+            num_return_sequences=self.nbest if nbest else None,
             use_cache=True,
         )
+        if nbest and settings.beam_size == 1:
+            # Greedy search returns its one hypothesis: the 1-best list.
+            sequences, scores = decode_student(
+                self.model,
+                encoder_token_ids,
+                encoder_padding_mask,
+                settings.replace(num_return_sequences=None),
+                buffer_length=self.max_length,
+                bos_id=self.bos_id,
+                eos_id=self.eos_id,
+                pad_id=self.pad_id,
+            )
+            return sequences[:, None], scores[:, None]
         return decode_student(
             self.model,
             encoder_token_ids,
@@ -234,7 +275,9 @@ class ServingModule(tf.Module):
             pad_id=self.pad_id,
         )
 
-    def _sharded_search(self, encoder_token_ids, encoder_padding_mask):
+    def _sharded_search(
+        self, encoder_token_ids, encoder_padding_mask, nbest=False
+    ):
         """`_search` over up to `search_shards` slices of the batch.
 
         Slices of `ceil(batch / search_shards)` examples, at least
@@ -245,11 +288,13 @@ class ServingModule(tf.Module):
         the results equal one search over the batch.
         """
         batch_size = tf.shape(encoder_token_ids)[0]
+        search = self._nbest_search_function if nbest else self._search_function
+        lists = [self.nbest] if nbest else []
 
         def nothing():
             return (
-                tf.zeros([0, self.max_length], tf.int32),
-                tf.zeros([0], tf.float32),
+                tf.zeros([0, *lists, self.max_length], tf.int32),
+                tf.zeros([0, *lists], tf.float32),
             )
 
         least = -(-MIN_SHARD_ROWS // self.beam_size)
@@ -264,7 +309,7 @@ class ServingModule(tf.Module):
                 tf.cond(
                     end > start,
                     # Bound now: the loop rebinds ids and mask.
-                    lambda ids=ids, mask=mask: self._search_function(ids, mask),
+                    lambda ids=ids, mask=mask: search(ids, mask),
                     nothing,
                 )
             )
@@ -273,11 +318,14 @@ class ServingModule(tf.Module):
             for i in range(2)
         )
 
-    def _decode(self, encoder_token_ids, encoder_padding_mask, empty):
+    def _decode(
+        self, encoder_token_ids, encoder_padding_mask, empty, nbest=False
+    ):
         """Searches the non-empty batch; empty rows get PAD and score 0.
 
         Returns `(ids [batch, max_length] without EOS, padded with PAD,
-        mask [batch, max_length], scores [batch])`.
+        mask [batch, max_length], scores [batch])`; with `nbest`, the
+        `self.nbest` best of each example: `[batch, nbest, ...]`.
         """
         # An all-padding row would attend to nothing: give it a lone EOS.
         first = tf.range(tf.shape(encoder_token_ids)[1])[None, :] == 0
@@ -285,8 +333,14 @@ class ServingModule(tf.Module):
         encoder_token_ids = tf.where(fill, self.eos_id, encoder_token_ids)
         encoder_padding_mask = tf.where(fill, 1, encoder_padding_mask)
         sequences, scores = self._sharded_search(
-            encoder_token_ids, encoder_padding_mask
+            encoder_token_ids, encoder_padding_mask, nbest
         )
+        if nbest:
+            # One row per hypothesis: [batch * nbest, ...].
+            batch_size = tf.shape(sequences)[0]
+            sequences = tf.reshape(sequences, [-1, self.max_length])
+            scores = tf.reshape(scores, [-1])
+            empty = tf.repeat(empty, self.nbest)
         sequences = tf.ensure_shape(sequences, [None, self.max_length])
         # Keep what comes before the first EOS (as Generator's id output).
         is_eos = tf.cast(tf.equal(sequences, self.eos_id), tf.int32)
@@ -304,9 +358,18 @@ class ServingModule(tf.Module):
         mask &= tf.range(self.max_length)[None, :] < last[:, None]
         sequences = tf.where(mask, sequences, self.pad_id)
         scores = tf.where(empty, 0.0, scores)
-        return sequences, tf.cast(mask, tf.int32), scores
+        mask = tf.cast(mask, tf.int32)
+        if nbest:
+            shape = [batch_size, self.nbest, self.max_length]
+            return (
+                tf.reshape(sequences, shape),
+                tf.reshape(mask, shape),
+                tf.reshape(scores, shape[:2]),
+            )
+        return sequences, mask, scores
 
-    def _serve_strings(self, inputs):
+    def _string_inputs(self, inputs):
+        """Strings -> (encoder ids, mask, empty) as the searches read them."""
         source = self._vocabulary.tokenize(inputs)
         source = source[:, : self.max_source_length - 1]
         empty = tf.equal(source.row_lengths(), 0)
@@ -314,9 +377,23 @@ class ServingModule(tf.Module):
         source = tf.concat([source, tf.RaggedTensor.from_tensor(eos)], axis=1)
         ids = source.to_tensor(default_value=self.pad_id)
         mask = tf.ones_like(source, dtype=tf.int32).to_tensor()
+        return ids, mask, empty
+
+    def _serve_strings(self, inputs):
+        ids, mask, empty = self._string_inputs(inputs)
         sequences, _, scores = self._decode(ids, mask, empty)
         outputs = self._vocabulary.detokenize(sequences)
         outputs = tf.where(empty, "", outputs)
+        return {"outputs": outputs, "scores": scores}
+
+    def _serve_nbest(self, inputs):
+        ids, mask, empty = self._string_inputs(inputs)
+        sequences, _, scores = self._decode(ids, mask, empty, nbest=True)
+        outputs = self._vocabulary.detokenize(
+            tf.reshape(sequences, [-1, self.max_length])
+        )
+        outputs = tf.reshape(outputs, [-1, self.nbest])
+        outputs = tf.where(empty[:, None], "", outputs)
         return {"outputs": outputs, "scores": scores}
 
     def _check_token_id_inputs(self, encoder_token_ids, encoder_padding_mask):
@@ -396,11 +473,15 @@ class ServingModule(tf.Module):
     # --- Saving ------------------------------------------------------------
 
     def signatures(self):
-        """`{"serving_default": ..., "serve_token_ids": ...}` concrete fns."""
-        return {
+        """`{"serving_default": ..., "serve_token_ids": ...}` concrete fns,
+        and `"serve_nbest"` when exported with `num_return_sequences`."""
+        signatures = {
             "serving_default": self.serve_strings.get_concrete_function(),
             "serve_token_ids": self.serve_token_ids.get_concrete_function(),
         }
+        if self.nbest is not None:
+            signatures["serve_nbest"] = self.serve_nbest.get_concrete_function()
+        return signatures
 
     def save(self, path):
         """Writes the SavedModel to `path` (a new or empty directory).

@@ -7,18 +7,27 @@ from bertkd_tf.metrics.rouge import ROUGE_TYPES, corpus_rouge
 METRICS = ("bleu", "sacrebleu", "chrf") + ROUGE_TYPES
 
 
-def score_hypotheses(metrics, hypotheses, references, sacrebleu_inputs=None):
+def score_hypotheses(
+    metrics,
+    hypotheses,
+    references,
+    sacrebleu_inputs=None,
+    rouge_sentences=None,
+):
     """Computes each requested metric.
 
     Args:
         metrics: names from `METRICS`: `bleu` (tokenized, multi-bleu.perl),
             `sacrebleu` (standard 13a BLEU), `chrf`, `rouge1`, `rouge2`,
-            `rougeL`.
+            `rougeL`, `rougeLsum`.
         hypotheses: list of strings, as written.
         references: list of strings, one per hypothesis.
         sacrebleu_inputs: optional `(hypotheses, references)` for
             `sacrebleu` and `chrf`, e.g. with Moses escapes undone; default
             the same text as `bleu`.
+        rouge_sentences: optional `(hypotheses, references)` for
+            `rougeLsum`, one sentence a line; default
+            `metrics.rouge.summary_sentences` of the texts.
 
     Returns:
         dict name -> `{"score", "signature", ...}`.
@@ -44,6 +53,8 @@ def score_hypotheses(metrics, hypotheses, references, sacrebleu_inputs=None):
             results[name] = corpus_chrf(*plain)
     rouge = [m for m in metrics if m in ROUGE_TYPES]
     if rouge:
-        scores = corpus_rouge(hypotheses, references)
+        scores = corpus_rouge(
+            hypotheses, references, sentences=rouge_sentences, types=rouge
+        )
         results.update({name: scores[name] for name in rouge})
     return {name: results[name] for name in metrics}

@@ -13,8 +13,17 @@ into `WORK_DIR/<model_dir>/evaluate/<split>/` (or `output_dir`):
 
 Metrics: translation tasks report `bleu` (the paper's: tokenized,
 multi-bleu.perl-equal, on the WordPiece-merged text), `sacrebleu` (13a) and
-`chrf`; summarization tasks report `rouge1`, `rouge2`, `rougeL`. With Moses
-escapes, `sacrebleu` and `chrf` see the text with the escapes undone.
+`chrf`; summarization tasks report `rouge1`, `rouge2`, `rougeL` and
+`rougeLsum` (summary-level union LCS over sentences: a reference's
+sentences are its lines in the corpus, CNN/DM's highlights; a
+hypothesis, one line, is split after each `.`, `!` or `?` token, see
+`metrics.rouge.summary_sentences`). With Moses escapes, `sacrebleu` and
+`chrf` see the text with the escapes undone.
+
+Weights: `evaluate.run.weights_file` (default `final.weights.h5`) picks the
+weights file in the model directory, e.g. `averaged.weights.h5` written by
+`tools/average_checkpoints.py` (checked against its `.sha256` sidecar); it
+is recorded in `scores.json`.
 """
 
 import json
@@ -27,6 +36,7 @@ from sacremoses import MosesDetokenizer
 
 # F401: VOCAB_DIR is re-exported from its former home here.
 from bertkd_tf.artifacts import (  # noqa: F401
+    FINAL_WEIGHTS,
     STUDENT_DIR,
     VOCAB_DIR,
     load_student,
@@ -36,6 +46,7 @@ from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.decoding.generator import Generator
 from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.durations import format_duration
+from bertkd_tf.metrics.rouge import summary_sentences
 from bertkd_tf.metrics.scoring import score_hypotheses
 
 EVALUATE_DIR = "evaluate"
@@ -44,7 +55,7 @@ REFERENCES_FILE = "references.txt"
 SCORES_FILE = "scores.json"
 DEFAULT_METRICS = {
     "translation": ("bleu", "sacrebleu", "chrf"),
-    "summarization": ("rouge1", "rouge2", "rougeL"),
+    "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum"),
 }
 
 # The decoding settings without gin (gin binds them in gin/runs/search.gin).
@@ -110,6 +121,7 @@ def run(
     dtype=None,
     output_dir=None,
     verbose=True,
+    weights_file=FINAL_WEIGHTS,
 ):
     """Decodes `split` and scores it; returns `{"output_dir", "scores"}`.
 
@@ -120,8 +132,10 @@ def run(
             "baseline") or an absolute path.
         split: "valid", "test" or a corpus split name.
         search: the `SearchSettings` (beam size, 1: greedy; length
-            penalty; max length and margin in WordPieces; XLA; prefix
-            phases), bound once in gin (gin/runs/evaluate.gin).
+            penalty; max length and margin in WordPieces; min length and
+            no-repeat n-gram size; XLA; prefix phases), bound once in gin
+            (gin/runs/evaluate.gin). The best hypothesis is scored
+            (`num_return_sequences` is ignored).
         batch_size: sentences per batch.
         metrics: names (see `metrics.scoring.METRICS`); None picks by
             `task.kind`.
@@ -130,11 +144,19 @@ def run(
         output_dir: where to write; default
             `<model dir>/evaluate/<split>`.
         verbose: show a progress bar.
+        weights_file: the weights file in the model directory (or a
+            path), e.g. `averaged.weights.h5`.
     """
     metrics = tuple(metrics or DEFAULT_METRICS[task.kind])
     vocabulary = load_vocabulary(work_dir)
     model_path = os.path.join(work_dir, model_dir)
-    model = load_student(model_path, dtype=dtype)
+    model = load_student(
+        model_path,
+        dtype=dtype,
+        weights_file=weights_file,
+        setting="evaluate.run.weights_file",
+    )
+    search = search.replace(num_return_sequences=None)
     output_dir = output_dir or os.path.join(model_path, EVALUATE_DIR, split)
     os.makedirs(output_dir, exist_ok=True)
 
@@ -175,11 +197,28 @@ def run(
             [detokenizer.detokenize(h.split()) for h in hypotheses],
             [detokenizer.detokenize(r.split()) for r in references],
         )
-    scores = score_hypotheses(metrics, hypotheses, references, plain)
+    sentences = None
+    if "rougeLsum" in metrics:
+        # Sentences on lines: the reference's own lines, the hypothesis
+        # split after sentence-final tokens.
+        sentences = (
+            ["\n".join(summary_sentences(h)) for h in hypotheses],
+            [
+                "\n".join(
+                    vocabulary.normalize_reference(line)
+                    for line in summary_sentences(target)
+                )
+                for target in pairs.targets
+            ],
+        )
+    scores = score_hypotheses(
+        metrics, hypotheses, references, plain, rouge_sentences=sentences
+    )
     target_tokens = sum(len(h.split()) for h in hypotheses)
     summary = {
         "split": split,
         "model_dir": model_path,
+        "weights_file": weights_file,
         "sentences": len(hypotheses),
         "metrics": scores,
         "decoding": {
@@ -190,6 +229,8 @@ def run(
             "batch_size": batch_size,
             "jit_compile": search.jit_compile,
             "prefix_phases": search.prefix_phases,
+            "min_length": search.min_length,
+            "no_repeat_ngram_size": search.no_repeat_ngram_size,
             "compilations": generator.compile_count,
         },
         "seconds": seconds,

@@ -18,9 +18,18 @@ renamed to `<version>/` once complete, so a watcher never sees half an
 export. See `ServingModule` for the signatures and docs/SERVING.md for
 serving it.
 
+Weights: `export.run.weights_file` (default `final.weights.h5`) picks the
+weights file in the model directory, e.g. `averaged.weights.h5` from
+`tools/average_checkpoints.py` (checked against its `.sha256` sidecar); it
+is recorded in `assets.extra/bertkd_export.json`. N-best:
+`export.run.nbest = N` (macro `NBEST`, N <= the beam size) adds the
+`serve_nbest` signature (the N best hypotheses and their scores).
+
 Example:
   bertkd export --gin_file=gin/runs/export.gin \
-    --gin_bindings="WORK_DIR='/tmp/w'" --gin_bindings="BEAM_SIZE=4"
+    --gin_bindings="WORK_DIR='/tmp/w'" --gin_bindings="BEAM_SIZE=4" \
+    --gin_bindings="NBEST=4" \
+    --gin_bindings="export.run.weights_file='averaged.weights.h5'"
 """
 
 import json
@@ -32,9 +41,15 @@ import time
 from absl import logging
 
 from bertkd_tf import locking
-from bertkd_tf.artifacts import STUDENT_DIR, load_student, load_vocabulary
+from bertkd_tf.artifacts import (
+    FINAL_WEIGHTS,
+    STUDENT_DIR,
+    load_student,
+    load_vocabulary,
+)
 from bertkd_tf.atomic_files import remove_stale_temporaries
 from bertkd_tf.decoding.search_settings import SearchSettings
+from bertkd_tf.errors import ConfigError
 from bertkd_tf.export.serving_module import EXPORT_CONFIG_FILE, ServingModule
 
 EXPORT_DIR = "export"
@@ -71,6 +86,8 @@ def run(
     max_source_length=None,
     search_shards="auto",
     dtype=None,
+    weights_file=FINAL_WEIGHTS,
+    nbest=None,
 ):
     """Exports the student; returns `{"output_dir", "version", "seconds"}`.
 
@@ -93,6 +110,10 @@ def run(
         search_shards: `"auto"` or a power of two, the most concurrent
             searches a request is split into (`ServingModule`).
         dtype: optional dtype policy for the exported model.
+        weights_file: the weights file in the model directory (or a
+            path), e.g. `averaged.weights.h5`.
+        nbest: None, or N in `[1, beam size]`: also export `serve_nbest`,
+            the N best hypotheses with their scores (docs/SERVING.md).
     """
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 1
@@ -107,6 +128,18 @@ def run(
             "`max_source_length` must be a positive int or None. Received: "
             f"{max_source_length!r}"
         )
+    if nbest is not None and (
+        isinstance(nbest, bool)
+        or not isinstance(nbest, int)
+        or not 1 <= nbest <= search.beam_size
+    ):
+        raise ConfigError(
+            f"`nbest` must be None or an int in [1, beam_size="
+            f"{search.beam_size}] (the hypotheses serve_nbest returns per "
+            f"input). Received: nbest={nbest!r}. Set export.run.nbest (macro "
+            "NBEST) to at most BEAM_SIZE, or raise BEAM_SIZE."
+        )
+    search = search.replace(num_return_sequences=nbest)
     start = time.time()
     export_dir = export_dir or os.path.join(work_dir, EXPORT_DIR)
     # Temporaries of interrupted exports (not those of running ones).
@@ -123,7 +156,12 @@ def run(
         )
     vocabulary = load_vocabulary(work_dir)
     model_path = os.path.join(work_dir, model_dir)
-    model = load_student(model_path, dtype=dtype)
+    model = load_student(
+        model_path,
+        dtype=dtype,
+        weights_file=weights_file,
+        setting="export.run.weights_file",
+    )
     module = ServingModule(
         model,
         vocabulary,
@@ -145,6 +183,7 @@ def run(
         with open(config_path) as f:
             config = json.load(f)
         config["model_dir"] = os.path.abspath(model_path)
+        config["weights_file"] = weights_file
         with open(config_path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")

@@ -122,7 +122,7 @@ def test_evaluate_summarization_reports_rouge(setup, tmp_path):
         **SETTINGS,
     )
     metrics = result["scores"]["metrics"]
-    assert list(metrics) == ["rouge1", "rouge2", "rougeL"]
+    assert list(metrics) == ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     lines = open(tmp_path / "out" / "hypotheses.txt").read().splitlines()
     assert len(lines) == 2
 
