@@ -297,6 +297,8 @@ RANKS = (
         "locking",
         "settings",
         "keras_compat",
+        "durations",
+        "plots",
         "layers",
         "losses",
         "metrics",

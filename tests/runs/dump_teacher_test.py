@@ -591,6 +591,9 @@ def test_progress_logs_pairs_per_second_and_time_left(caplog):
         clock=lambda: now[0],
     )
     caplog.set_level("INFO")
+    # absl logs through the "absl" logger, whose level an earlier test may
+    # have raised (absl verbosity): INFO must reach caplog whatever ran.
+    caplog.set_level("INFO", logger="absl")
     now[0] += 30
     progress.update(100, 1500)  # Under a minute since the start: quiet.
     assert "pairs/s" not in caplog.text

@@ -195,6 +195,9 @@ def test_progress_logs_sentences_per_second_and_time_left(caplog):
     now = [0.0]
     progress = evaluate._Progress(200, verbose=False, clock=lambda: now[0])
     caplog.set_level("INFO")
+    # absl logs through the "absl" logger, whose level an earlier test may
+    # have raised (absl verbosity): INFO must reach caplog whatever ran.
+    caplog.set_level("INFO", logger="absl")
     progress(50, 200, 25.0)  # 2 sentences/s: 150 left take 1:15.
     assert "decoded 50/200 sentences, 2.0 sentences/s, ETA 1:15 left" in (
         caplog.text
