@@ -48,7 +48,7 @@ from bertkd_tf.models.cmlm_teacher import CMLMTeacher  # noqa: E402
 from bertkd_tf.runs import dump_teacher  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flops import dump_flops, matmul_ceiling  # noqa: E402
+from flops import dump_flops, print_matmul_ceilings  # noqa: E402
 
 
 def bench(args, vocab, tokenized, dtype):
@@ -134,14 +134,7 @@ def main():
         f"{vocab.size}, teacher {args.bert}, K={args.top_k}, "
         f"P={args.num_passes}, {args.tokens_per_batch} tokens per forward"
     )
-    ceilings = {
-        p: matmul_ceiling("bfloat16" if "bfloat16" in p else "float32")
-        for p in args.precisions.split(",")
-    }
-    print(
-        "matmul ceiling (2048^3): "
-        + ", ".join(f"{p} {c / 1e12:.2f} TFLOP/s" for p, c in ceilings.items())
-    )
+    ceilings = print_matmul_ceilings(args.precisions.split(","))
     header = (
         f"{'precision':<16}{'seconds':>9}{'positions/s':>13}{'pairs/s':>10}"
         f"{'bytes/position':>16}{'TFLOP/s':>9}{'MFU real':>10}"

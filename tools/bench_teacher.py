@@ -32,7 +32,7 @@ from bertkd_tf.models.cmlm_teacher import CMLMTeacher  # noqa: E402
 from bertkd_tf.runs.train_teacher import compile_teacher  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from flops import matmul_ceiling, teacher_training_flops  # noqa: E402
+from flops import print_matmul_ceilings, teacher_training_flops  # noqa: E402
 
 
 def synthetic_batch(rows, bert_vocabulary_size, task_size, seed=0):
@@ -136,14 +136,7 @@ def main():
         f" cpus={os.cpu_count()} bert={args.bert} "
         f"task_vocab={args.task_vocabulary_size} pad_to={args.pad_to}"
     )
-    ceilings = {
-        dtype: matmul_ceiling("bfloat16" if "bfloat16" in dtype else "float32")
-        for dtype in args.dtypes.split(",")
-    }
-    print(
-        "matmul ceiling (2048^3): "
-        + ", ".join(f"{d} {c / 1e12:.2f} TFLOP/s" for d, c in ceilings.items())
-    )
+    ceilings = print_matmul_ceilings(args.dtypes.split(","))
     header = (
         f"{'dtype':<16}{'rows':>6}{'padded':>8}{'tokens':>8}{'masks':>7}"
         f"{'s/step':>9}{'tokens/s':>10}{'loss':>8}"

@@ -35,6 +35,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bertkd_tf import plots  # noqa: E402
 from bertkd_tf.atomic_files import write_text_atomic  # noqa: E402
 from bertkd_tf.errors import MissingArtifactError, MissingInputError  # noqa: E402
 
@@ -83,17 +84,12 @@ def _read_json(path):
 
 def teacher_summary(work_dir):
     """The teacher's last validated step and the best, from its history."""
-    path = os.path.join(work_dir, "teacher", "history.jsonl")
-    if not os.path.exists(path):
+    steps, accuracies = plots.history_curve(
+        os.path.join(work_dir, "teacher", "history.jsonl"), "val_accuracy"
+    )
+    if not steps:
         return None
-    points = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "val_accuracy" in record:  # A rerun's record replaces one.
-                points[record["step"]] = record["val_accuracy"]
-    if not points:
-        return None
+    points = dict(zip(steps, accuracies))
     last = max(points)
     best = max(points, key=points.get)
     return {

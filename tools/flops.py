@@ -123,3 +123,20 @@ def matmul_ceiling(dtype, n=2048, repeats=10):
         chain(a, b).numpy()
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 * repeats / best
+
+
+def print_matmul_ceilings(policies):
+    """`{policy: FLOP/s}` of the matmul ceiling of each dtype policy name
+    (`"float32"`, `"mixed_bfloat16"`, ...: bfloat16 where the name says so),
+    measured now and printed on one line, for the benches' MFU columns."""
+    ceilings = {
+        policy: matmul_ceiling(
+            "bfloat16" if "bfloat16" in policy else "float32"
+        )
+        for policy in policies
+    }
+    print(
+        "matmul ceiling (2048^3): "
+        + ", ".join(f"{p} {c / 1e12:.2f} TFLOP/s" for p, c in ceilings.items())
+    )
+    return ceilings

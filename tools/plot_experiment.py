@@ -27,19 +27,9 @@ OUTPUT = flags.DEFINE_string("output", None, "Path stem of the outputs.")
 def teacher_curve(work_dir):
     """`[(step, elapsed_s, val_accuracy)]` of the validated steps."""
     path = os.path.join(work_dir, "teacher", "history.jsonl")
-    if not os.path.exists(path):
-        return []
-    points = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "val_accuracy" in record:  # A rerun's record replaces one.
-                points[record["step"]] = (
-                    record["step"],
-                    record["elapsed_s"],
-                    record["val_accuracy"],
-                )
-    return [points[s] for s in sorted(points)]
+    steps, accuracies = plots.history_curve(path, "val_accuracy")
+    elapsed = dict(zip(*plots.history_curve(path, "elapsed_s")))
+    return [(s, elapsed[s], a) for s, a in zip(steps, accuracies)]
 
 
 def student_curves(work_dir):
@@ -56,10 +46,6 @@ def student_curves(work_dir):
             for s, v in sorted(curve.items(), key=lambda kv: int(kv[0]))
         ]
     return curves
-
-
-def _plot(path, series, xlabel, ylabel):
-    plots.write_curves_png(path, series, xlabel, ylabel)
 
 
 def main(_):
@@ -79,7 +65,7 @@ def main(_):
         json.dumps({"teacher": teacher, "students": students}, indent=1),
     )
     if teacher:
-        _plot(
+        plots.write_curves_png(
             output + "_teacher.png",
             {
                 "C-MLM teacher": (
@@ -91,7 +77,7 @@ def main(_):
             "valid masked-token accuracy (%)",
         )
     if students:
-        _plot(
+        plots.write_curves_png(
             output + "_bleu.png",
             {
                 name: ([p[0] for p in points], [p[1] for p in points])
