@@ -71,6 +71,7 @@ from bertkd_tf.artifacts import (  # noqa: F401
     teacher_fingerprint,
 )
 from bertkd_tf.atomic_files import write_text_atomic
+from bertkd_tf.data import teacher_targets
 from bertkd_tf.data.batching import (
     TokenBudgetBatcher,
     default_bucket_boundaries,
@@ -90,6 +91,7 @@ from bertkd_tf.errors import (
     ArtifactError,
     ConfigError,
     DataError,
+    MissingArtifactError,
 )
 from bertkd_tf.models.circular_masks import (  # noqa: F401 (re-exported)
     circular_mask_slots,
@@ -121,12 +123,12 @@ LAYOUT_KEYS = (
 
 
 def read_manifest(directory):
-    """The manifest of a targets directory, or None if there is none."""
-    path = os.path.join(directory, MANIFEST_FILE)
-    if not tf.io.gfile.exists(path):
+    """The manifest of a targets directory, or None if there is none (a
+    damaged one is refused by `teacher_targets.read_manifest`)."""
+    try:
+        return teacher_targets.read_manifest(directory)
+    except MissingArtifactError:
         return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def _write_json_atomic(path, value):
