@@ -78,9 +78,13 @@ T=$(json_value "$work_dir/chosen_kd.json" temperature)
 K=$(json_value "$work_dir/chosen_kd.json" top_k)
 kd=("TEMPERATURE=$T" "TOP_K=$K")
 
-# Seed 0: the baseline and the distilled arm at alpha 0.3 and 0.5.
+# Seeds 0 and 1 of both arms at the paper's alpha 0.5 first (two seeds per
+# arm as early as possible: a student takes hours on 2 cores), then the
+# seed-0 student at alpha 0.3.
 student baseline_seed0 "$G/baseline.gin" 0
 student distilled_a05_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.5
+student baseline_seed1 "$G/baseline.gin" 1
+student distilled_a05_seed1 "$G/distill.gin" 1 "${kd[@]}" DISTILLATION_WEIGHT=0.5
 student distilled_a03_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.3
 # Alpha: the better seed-0 student on the valid split (beam 5, tokenized BLEU).
 run_tool choose_alpha "$py" -c "
@@ -92,6 +96,7 @@ json.dump({'alpha': float('0.' + best[1]), 'tag': best, 'valid_bleu': score}, op
 print(score, '->', best)" "$work_dir"
 tag=a$(json_value "$work_dir/chosen_alpha.json" tag)
 alpha=$(json_value "$work_dir/chosen_alpha.json" alpha)
+# Seed 1 of the chosen alpha (done already if it is 0.5), then seed 2.
 for seed in 1 2; do
   student baseline_seed$seed "$G/baseline.gin" $seed
   student distilled_${tag}_seed$seed "$G/distill.gin" $seed "${kd[@]}" DISTILLATION_WEIGHT=$alpha
