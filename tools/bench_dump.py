@@ -11,17 +11,21 @@ serialized record size divided by positions (K ids int32 + K logits
 float16 + per-record overhead). Model FLOP utilisation (`tools/flops.py`,
 the forward of every circular copy, the head at every slot) against
 TensorFlow's matmul ceiling measured in the same process: `MFU real` over
-the real packed tokens, `MFU padded` over each copy padded to its length
-bucket (what the machine computes).
+the real packed tokens, `MFU padded` over each copy padded to its batch's
+longest pair (what the machine computes); `padding` is the padded share of
+the positions computed. `--batchings=sorted,buckets --rounds=3` compares
+the dump's batches (pairs by packed length, each batch padded to its own
+longest pair) with the length buckets used before session 8, round-robin,
+and prints each setting's median run.
 
 Usage:
     python tools/bench_dump.py --data_dir=../shared/data/multi30k_de_en
         [--pairs 300] [--tokens_per_batch 16384] [--top_k 8]
         [--num_passes 7] [--precisions float32,mixed_bfloat16]
+        [--batchings sorted,buckets] [--rounds 3]
 """
 
 import argparse
-import bisect
 import os
 import sys
 import time
@@ -51,7 +55,42 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flops import dump_flops, print_matmul_ceilings  # noqa: E402
 
 
-def bench(args, vocab, tokenized, dtype):
+def load_corpus(args):
+    """`(vocab, tokenized)`: the task vocabulary of the whole split of
+    `args.data_dir` (its size sets the head cost) and its first
+    `args.pairs` pairs tokenized with it (`args.max_length` per side)."""
+    pairs = read_text_pairs(
+        args.data_dir, args.split, args.source_language, args.target_language
+    )
+    tokenizer = BertWordPieceTokenizer(load_bert_vocabulary(args.bert))
+    vocab = TaskVocabulary.build(tokenizer, pairs.sources + pairs.targets)
+    tokenized = TokenizedPairs.from_pairs(
+        pairs.take(args.pairs), vocab, args.max_length, args.max_length
+    )
+    return vocab, tokenized
+
+
+def bucket_batches(tokenized, batcher):
+    """The dump's batches before session 8: each length bucket's pairs in
+    pair order, `batcher.batch_sizes()` rows a batch (the "before" of
+    `--batchings=buckets`)."""
+    source_lengths, target_lengths = tokenized.lengths()
+    packed = source_lengths + target_lengths + 3
+    buckets = np.searchsorted(np.asarray(batcher.bucket_boundaries), packed)
+    batches = []
+    for bucket, size in enumerate(batcher.batch_sizes()):
+        rows = np.flatnonzero(buckets == bucket)
+        batches.extend(rows[i : i + size] for i in range(0, len(rows), size))
+    return batches
+
+
+BATCHINGS = {
+    "sorted": dump_teacher.token_budget_batches,
+    "buckets": bucket_batches,
+}
+
+
+def bench(args, vocab, tokenized, dtype, batching):
     keras.utils.set_random_seed(0)
     teacher = CMLMTeacher.from_preset(
         args.bert, bert_ids=vocab.bert_ids, dtype=dtype
@@ -74,9 +113,15 @@ def bench(args, vocab, tokenized, dtype):
     dump_teacher.dump_pairs(
         dump_teacher._slice(tokenized, 0, 8), top_k_fn, batcher
     )
-    start = time.perf_counter()
-    records = dump_teacher.dump_pairs(tokenized, top_k_fn, batcher)
-    seconds = time.perf_counter() - start
+    batches = BATCHINGS[batching](tokenized, batcher)
+    original = dump_teacher.token_budget_batches
+    dump_teacher.token_budget_batches = lambda *_: batches
+    try:
+        start = time.perf_counter()
+        records = dump_teacher.dump_pairs(tokenized, top_k_fn, batcher)
+        seconds = time.perf_counter() - start
+    finally:
+        dump_teacher.token_budget_batches = original
     positions = int(np.sum(target_lengths + 1))
     config = teacher.backbone.get_config()
     shape = (
@@ -85,16 +130,21 @@ def bench(args, vocab, tokenized, dtype):
         config["num_layers"],
         len(vocab.bert_ids),
     )
-    real = padded = 0
-    for source, target in zip(source_lengths, target_lengths):
-        source, target = int(source), int(target)
-        real += dump_flops(*shape, source, target, args.num_passes)
-        length = source + target + 3
-        boundary = boundaries[bisect.bisect_left(boundaries, length)]
-        padded += dump_flops(
-            *shape, boundary - target - 3, target, args.num_passes
-        )
+    real = padded = computed = 0
+    packed = source_lengths + target_lengths + 3
+    for rows in batches:
+        # A batch is padded to its longest packed pair.
+        width = int(packed[rows].max())
+        for row in rows:
+            source, target = int(source_lengths[row]), int(target_lengths[row])
+            real += dump_flops(*shape, source, target, args.num_passes)
+            padded += dump_flops(
+                *shape, width - target - 3, target, args.num_passes
+            )
+            computed += min(args.num_passes, target + 1) * width
+    copies = np.minimum(args.num_passes, target_lengths + 1)
     return {
+        "padding": 1 - float(np.sum(copies * packed)) / computed,
         "real_flops_per_s": real / seconds,
         "padded_flops_per_s": padded / seconds,
         "seconds": seconds,
@@ -116,17 +166,17 @@ def main():
     parser.add_argument("--top_k", type=int, default=8)
     parser.add_argument("--num_passes", type=int, default=7)
     parser.add_argument("--precisions", default="float32,mixed_bfloat16")
+    parser.add_argument(
+        "--batchings",
+        default="sorted",
+        help="comma-separated: sorted (the dump's batches: by packed "
+        "length, each padded to its longest pair), buckets (before: "
+        "padded to the length bucket)",
+    )
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
-    pairs = read_text_pairs(
-        args.data_dir, args.split, args.source_language, args.target_language
-    )
-    tokenizer = BertWordPieceTokenizer(load_bert_vocabulary(args.bert))
-    # The task vocabulary of the whole split (its size sets the head cost).
-    vocab = TaskVocabulary.build(tokenizer, pairs.sources + pairs.targets)
-    tokenized = TokenizedPairs.from_pairs(
-        pairs.take(args.pairs), vocab, args.max_length, args.max_length
-    )
+    vocab, tokenized = load_corpus(args)
     source_lengths, target_lengths = tokenized.lengths()
     print(
         f"{len(tokenized)} pairs (source {source_lengths.mean():.1f}, target "
@@ -136,16 +186,29 @@ def main():
     )
     ceilings = print_matmul_ceilings(args.precisions.split(","))
     header = (
-        f"{'precision':<16}{'seconds':>9}{'positions/s':>13}{'pairs/s':>10}"
-        f"{'bytes/position':>16}{'TFLOP/s':>9}{'MFU real':>10}"
-        f"{'MFU padded':>12}"
+        f"{'precision':<16}{'batches':>8}{'padding':>9}{'seconds':>9}"
+        f"{'positions/s':>13}{'pairs/s':>10}{'bytes/position':>16}"
+        f"{'TFLOP/s':>9}{'MFU real':>10}{'MFU padded':>12}"
     )
+    settings = [
+        (precision, batching)
+        for precision in args.precisions.split(",")
+        for batching in args.batchings.split(",")
+    ]
+    results = {setting: [] for setting in settings}
+    # Round-robin: every setting sees the same stretch of machine time.
+    for _ in range(args.rounds):
+        for precision, batching in settings:
+            dtype = None if precision == "float32" else precision
+            results[precision, batching].append(
+                bench(args, vocab, tokenized, dtype, batching)
+            )
     print(header)
-    for precision in args.precisions.split(","):
-        dtype = None if precision == "float32" else precision
-        result = bench(args, vocab, tokenized, dtype)
+    for (precision, batching), runs in results.items():
+        result = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
         print(
-            f"{precision:<16}{result['seconds']:>9.2f}"
+            f"{precision:<16}{batching:>8}{result['padding']:>9.1%}"
+            f"{result['seconds']:>9.2f}"
             f"{result['positions'] / result['seconds']:>13.0f}"
             f"{len(tokenized) / result['seconds']:>10.1f}"
             f"{result['bytes'] / result['positions']:>16.1f}"

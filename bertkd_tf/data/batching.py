@@ -6,8 +6,25 @@ import tensorflow as tf
 _STEPS = (8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320)
 
 
-def default_bucket_boundaries(max_length):
-    """Pad-to lengths up to `max_length` (rounded up to a multiple of 8)."""
+def default_bucket_boundaries(max_length, step=None):
+    """Pad-to lengths up to `max_length`.
+
+    `step=None`: the default ladder (8, 12, 16, 24, ... then every 128
+    from 384), few shapes, up to a third of a bucket's width as padding;
+    the last boundary is `max_length` rounded up to a multiple of 8.
+    `step=n`: every `n` tokens (`n, 2n, ...`), the last one `max_length`
+    rounded up to a multiple of `n`: more shapes, less padding (the C-MLM
+    teacher's packed pairs, `train_teacher.run.bucket_step`).
+    """
+    if step is not None:
+        step = int(step)
+        if step < 1:
+            raise ValueError(
+                f"A bucket step must be a positive number of tokens; got "
+                f"step={step}."
+            )
+        top = -(-int(max_length) // step) * step
+        return list(range(step, top + 1, step))
     top = -(-int(max_length) // 8) * 8
     boundaries = [b for b in _STEPS if b < top]
     b = 384

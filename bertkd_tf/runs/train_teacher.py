@@ -18,7 +18,8 @@ the valid split, masks drawn with the fixed `valid_mask_seed`, so numbers
 are comparable across runs and steps.
 
 Batches: pairs are cut to fit `max_sequence_length` (longer side first),
-bucketed by packed length with a token budget (`TokenBudgetBatcher`), and
+bucketed by packed length (a bucket every `bucket_step` tokens) with a
+token budget (`TokenBudgetBatcher`), and
 masked per batch by `CMLMPreprocessor`. Every pass over the data draws new
 masks (the pass number is folded into the mask seed) and a new order.
 """
@@ -193,6 +194,7 @@ def run(
     max_predictions=None,
     mask_probability=0.15,
     tokens_per_batch=16384,
+    bucket_step=2,
     total_steps=100_000,
     warmup_fraction=0.05,
     peak_learning_rate=5e-5,
@@ -226,6 +228,10 @@ def run(
         max_predictions: fixed mask slots per row (None: per batch).
         mask_probability: C-MLM masking rate (0.15).
         tokens_per_batch: global token budget of a batch (padding included).
+        bucket_step: n (default 2): a length bucket every n tokens of
+            packed length; None: the default ladder of
+            `default_bucket_boundaries` (fewer shapes, more padding:
+            docs/PERFORMANCE.md, "Teacher and dump throughput").
         total_steps: training steps (the schedule decays to 0 there).
         warmup_fraction: share of `total_steps` for linear warm-up.
         peak_learning_rate: learning rate after warm-up.
@@ -292,7 +298,7 @@ def run(
 
     batcher = TokenBudgetBatcher(
         tokens_per_batch,
-        default_bucket_boundaries(max_sequence_length),
+        default_bucket_boundaries(max_sequence_length, step=bucket_step),
         num_replicas=replicas,
         seed=seed,
     )

@@ -67,6 +67,16 @@ def test_default_boundaries_cover_max_length():
     assert default_bucket_boundaries(20) == [8, 12, 16, 24]
 
 
+def test_stepped_boundaries_every_step_tokens():
+    # The teacher's `bucket_step`: a bucket every n tokens, the last one
+    # covering max_length.
+    assert default_bucket_boundaries(10, step=2) == [2, 4, 6, 8, 10]
+    assert default_bucket_boundaries(11, step=4) == [4, 8, 12]
+    assert default_bucket_boundaries(3, step=1) == [1, 2, 3]
+    with pytest.raises(ValueError, match="step=0"):
+        default_bucket_boundaries(10, step=0)
+
+
 def test_student_features_and_length_filter(tiny_corpus, tiny_vocab):
     pairs = read_text_pairs(tiny_corpus, "train", "de", "en")
     tokenized = TokenizedPairs.from_pairs(pairs, tiny_vocab, 8, 8)

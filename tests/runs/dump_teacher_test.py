@@ -697,3 +697,52 @@ def test_two_replica_dump_is_byte_identical(dumped, tmp_path):
     assert "2 replica(s)" in result.stderr, result.stderr[-3000:]
     reference = _digests(os.path.join(dumped["work_dir"], "targets"))
     assert _digests(output_dir) == reference
+
+
+def _lengths_only(source_lengths, target_lengths):
+    class Pairs:
+        def lengths(self):
+            return np.asarray(source_lengths), np.asarray(target_lengths)
+
+    return Pairs()
+
+
+def test_batches_sorted_by_packed_length_within_the_budget():
+    from bertkd_tf.data.batching import TokenBudgetBatcher
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(1, 30, 500)
+    target = rng.integers(1, 30, 500)
+    packed = source + target + 3
+    batcher = TokenBudgetBatcher(256, [8, 16, 32, 64], drop_remainder=False)
+    batches = dump_teacher.token_budget_batches(
+        _lengths_only(source, target), batcher
+    )
+    rows = np.concatenate(batches)
+    # Every pair once, in order of packed length (ties in pair order).
+    np.testing.assert_array_equal(rows, np.argsort(packed, kind="stable"))
+    for batch in batches:
+        assert len(batch) * packed[batch].max() <= 256
+    # Each batch padded to its own longest pair: far less padding than the
+    # bucket boundaries 8/16/32/64 would leave.
+    computed = sum(len(b) * packed[b].max() for b in batches)
+    bounds = np.asarray(batcher.bucket_boundaries)
+    bucketed = bounds[np.searchsorted(bounds, packed)].sum()
+    assert 1 - packed.sum() / computed < 0.05
+    assert 1 - packed.sum() / bucketed > 0.15
+    capped = TokenBudgetBatcher(
+        256, [64], drop_remainder=False, max_batch_size=3
+    )
+    assert (
+        max(
+            len(b)
+            for b in dump_teacher.token_budget_batches(
+                _lengths_only(source, target), capped
+            )
+        )
+        == 3
+    )
+    with pytest.raises(ValueError, match="more than the last bucket"):
+        dump_teacher.token_budget_batches(
+            _lengths_only([70], [5]), TokenBudgetBatcher(256, [16, 64])
+        )

@@ -419,3 +419,36 @@ def test_teacher_run_draws_its_validation_accuracy(setup):
         for line in open(os.path.join(teacher_dir, "history.jsonl"))
     ]
     assert history[-1]["step"] == 4 and "val_accuracy" in history[-1]
+
+
+@pytest.mark.parametrize(
+    "bucket_step, boundaries",
+    [(4, [4, 8, 12, 16]), (None, [8, 12, 16])],
+)
+def test_bucket_step_sets_the_length_buckets(
+    setup, tmp_path, monkeypatch, bucket_step, boundaries
+):
+    """`bucket_step` reaches the batcher: a bucket every n packed tokens,
+    or the default ladder; a batch holds pairs of one bucket only."""
+    data_dir, work_dir = setup
+    seen = {}
+    original = train_teacher.make_datasets
+
+    def spy(preprocessor, batcher, *args, **kwargs):
+        seen["boundaries"] = batcher.bucket_boundaries
+        train_fn, valid = original(preprocessor, batcher, *args, **kwargs)
+        seen["buckets"] = [
+            set(
+                np.searchsorted(
+                    batcher.bucket_boundaries,
+                    np.sum(x["padding_mask"], axis=1),
+                ).tolist()
+            )
+            for x, _, _ in train_fn(0).take(20).as_numpy_iterator()
+        ]
+        return train_fn, valid
+
+    monkeypatch.setattr(train_teacher, "make_datasets", spy)
+    _run(data_dir, work_dir, bucket_step=bucket_step, total_steps=1)
+    assert seen["boundaries"] == boundaries
+    assert all(len(buckets) == 1 for buckets in seen["buckets"])

@@ -1,32 +1,14 @@
 """tools/flops.py counts the weights the models really have, and
 tools/cost_model.py turns FLOPs into the table docs/SCALING.md shows."""
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 import pytest
 
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
+from tests.tools.tool_loader import load_tool
 
-TOOLS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "tools"
-)
-
-
-def _load(name):
-    sys.path.insert(0, TOOLS)
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(TOOLS, f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-flops = _load("flops")
+flops = load_tool("flops")
 
 
 def _matmul_weights(weights, exclude):
@@ -104,7 +86,7 @@ def test_training_is_three_forwards_and_linear_in_the_batch():
 
 
 def test_cost_table_rows_and_memory_verdicts():
-    cost_model = _load("cost_model")
+    cost_model = load_tool("cost_model")
     table = cost_model.tables(cost_model.CORPORA)
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     # 3 corpora x 3 stages, 3 corpora of disk/memory, 2 headers.

@@ -8,8 +8,14 @@ a `MarianMTModel` with random weights and the CPU-sized student's shape
 
 - `train`: AdamW steps on 64 x 32-token batches (64 x 32 target tokens),
   after 3 warm-up steps; prints target tokens/s.
-- `generate`: `generate()` on 32 random 20-token sources, beam 5 (length
-  penalty 0.6) or greedy, exactly 32 new tokens; prints sentences/s.
+- `generate`: `generate()` on `--batch_size` (32) random 20-token sources,
+  beam 5 (length penalty 0.6) or greedy, exactly `--new_tokens` (32) new
+  tokens; prints sentences/s.
+
+`--vocabulary_size` (10,428) sets the shared embedding and output layer.
+Every run ends with a line `peak RSS: N MB` (the process's ru_maxrss).
+`tools/bench_vs_marian.py` runs this script and ours round-robin and
+prints the ratios.
 
 torch and transformers are not dependencies of bertkd_tf: run this from a
 separate virtual environment, e.g.
@@ -24,6 +30,7 @@ issues' reference figures used.)
 
 import argparse
 import os
+import resource
 import time
 
 import torch
@@ -32,7 +39,7 @@ from transformers import MarianConfig, MarianMTModel
 VOCABULARY_SIZE = 10428
 
 
-def build_model(seed=0):
+def build_model(seed=0, vocabulary_size=VOCABULARY_SIZE):
     torch.manual_seed(seed)
     config = MarianConfig(
         d_model=256,
@@ -42,8 +49,8 @@ def build_model(seed=0):
         decoder_attention_heads=4,
         encoder_ffn_dim=1024,
         decoder_ffn_dim=1024,
-        vocab_size=VOCABULARY_SIZE,
-        decoder_vocab_size=VOCABULARY_SIZE,
+        vocab_size=vocabulary_size,
+        decoder_vocab_size=vocabulary_size,
         max_position_embeddings=256,
         dropout=0.1,
         scale_embedding=True,
@@ -63,15 +70,15 @@ def autocast(dtype):
 
 
 def train(args):
-    model = build_model()
+    model = build_model(vocabulary_size=args.vocabulary_size)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = torch.Generator().manual_seed(1)
     shape = (args.batch_size, args.length)
 
     def step():
-        source = torch.randint(5, VOCABULARY_SIZE, shape, generator=rng)
-        target = torch.randint(5, VOCABULARY_SIZE, shape, generator=rng)
+        source = torch.randint(5, args.vocabulary_size, shape, generator=rng)
+        target = torch.randint(5, args.vocabulary_size, shape, generator=rng)
         optimizer.zero_grad(set_to_none=True)
         with autocast(args.dtype):
             loss = model(
@@ -96,15 +103,17 @@ def train(args):
 
 
 def generate(args):
-    model = build_model()
+    model = build_model(vocabulary_size=args.vocabulary_size)
     model.eval()
     rng = torch.Generator().manual_seed(2)
-    source = torch.randint(5, VOCABULARY_SIZE, (32, 20), generator=rng)
+    source = torch.randint(
+        5, args.vocabulary_size, (args.batch_size, 20), generator=rng
+    )
     kwargs = dict(
         attention_mask=torch.ones_like(source),
         num_beams=args.beams,
-        max_new_tokens=32,
-        min_new_tokens=32,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
         early_stopping=False,
         do_sample=False,
     )
@@ -119,7 +128,7 @@ def generate(args):
         seconds = time.perf_counter() - start
     print(
         f"generate {args.dtype} beam {args.beams}: "
-        f"{32 * calls / seconds:.1f} sentences/s ({calls} calls)"
+        f"{args.batch_size * calls / seconds:.1f} sentences/s ({calls} calls)"
     )
 
 
@@ -129,16 +138,24 @@ def main():
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--beams", type=int, default=5)
     parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--batch_size", type=int, help="default: 64 (train), 32 (generate)"
+    )
+    parser.add_argument("--new_tokens", type=int, default=32)
+    parser.add_argument("--vocabulary_size", type=int, default=VOCABULARY_SIZE)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--min_seconds", type=float, default=5.0)
     args = parser.parse_args()
+    if args.batch_size is None:
+        args.batch_size = 64 if args.what == "train" else 32
     torch.set_num_threads(2)
     print(
         f"torch {torch.__version__}, LD_PRELOAD="
         f"{os.environ.get('LD_PRELOAD', '')!r}, 2 threads"
     )
     train(args) if args.what == "train" else generate(args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {peak:.0f} MB")
 
 
 if __name__ == "__main__":
