@@ -21,7 +21,10 @@ on the same stretch of time. `--compare_unfused` adds rows with
 `DistillationModel(fuse_output_layer=False)` (the output layer and the
 losses as separate ops, as before the fused output layer);
 `--compare_keras_adam` adds rows with `keras.optimizers.Adam` in place of
-`FusedAdam` (one `ResourceApplyAdam` kernel per variable). The allocator
+`FusedAdam` (one `ResourceApplyAdam` kernel per variable); `--control`
+times every setting twice a round (`/again`), and with `--rounds` the
+per-round ratios distill/baseline and again/first are printed: the A/A
+ratios show how much of a pair's spread is the machine's. The allocator
 matters for the large `[tokens, vocabulary]` tensors: the header says
 whether a tcmalloc is preloaded (`LD_PRELOAD=.../libtcmalloc_minimal.so.4`,
 Debian's `libtcmalloc-minimal4`, as the reference PyTorch figures used).
@@ -96,6 +99,13 @@ COMPARE_KERAS_ADAM = flags.DEFINE_bool(
     "compare_keras_adam",
     False,
     "Also time keras.optimizers.Adam in place of FusedAdam.",
+)
+CONTROL = flags.DEFINE_bool(
+    "control",
+    False,
+    "Also time every setting a second time in the same round ('/again'): "
+    "the spread of those A/A ratios is the machine's, the yardstick for "
+    "the distill/baseline ratios printed per round.",
 )
 
 
@@ -250,6 +260,30 @@ def print_profile(shares, rows):
     print("|   busy time by op type: " + ", ".join(cells) + " |", flush=True)
 
 
+def print_round_ratios(steps):
+    """Per round, each distill setting's step over its baseline's and each
+    `/again` step over its first timing (the A/A control): the spread of
+    single pairs, and how much of it the machine makes."""
+    pairs = []
+    for label in steps:
+        if label.startswith("distill/") and "/" not in label[8:].replace(
+            "/xla", ""
+        ):
+            pairs.append((label, "baseline/" + label[len("distill/") :]))
+        if label.endswith("/again"):
+            pairs.append((label, label[: -len("/again")]))
+    for a, b in pairs:
+        if b not in steps:
+            continue
+        ratios = [x / y for x, y in zip(steps[a], steps[b])]
+        print(
+            f"{a} / {b} step, per round: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+            + f" (median {np.median(ratios):.2f}, range "
+            f"{min(ratios):.2f}-{max(ratios):.2f})"
+        )
+
+
 def main(argv):
     del argv
     tf.config.optimizer.set_jit(False)
@@ -296,6 +330,8 @@ def main(argv):
                     variants.append(("/unfused", False, True))
                 if COMPARE_KERAS_ADAM.value:
                     variants.append(("/keras-adam", True, False))
+                if CONTROL.value:
+                    variants.append(("/again", True, True))
                 for suffix, fused, fused_adam in variants:
                     settings.append(
                         (name + suffix, mode, precision, xla, fused, fused_adam)
@@ -346,6 +382,7 @@ def main(argv):
             if profile:
                 print_profile(profile, PROFILE_ROWS.value)
     if ROUNDS.value > 1:
+        print_round_ratios(steps)
         print(f"median of {ROUNDS.value} rounds (range of tokens/s):")
         print(header)
         print(separator)
