@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bertkd_tf.layers.fast_dense import FastDense
 from bertkd_tf.layers.fast_dropout import FastDropout
 from bertkd_tf.layers.fast_layer_normalization import FastLayerNormalization
 from bertkd_tf.layers.matmul_projections import MatMulEinsumDense
@@ -96,6 +97,10 @@ def _einsum_dense(dtype=None):
         activation="relu",
         dtype=dtype,
     )
+
+
+def _dense(dtype=None):
+    return FastDense(5, activation="gelu", dtype=dtype)
 
 
 def _layer_norm(dtype=None):
@@ -275,6 +280,7 @@ def _call_optimizer(optimizer):
 CLASSES = {
     "MatMulEinsumDense": (_einsum_dense, _call_floats, "layer"),
     "FastLayerNormalization": (_layer_norm, _call_floats, "layer"),
+    "FastDense": (_dense, _call_floats, "layer"),
     "FastDropout": (_dropout, _call_floats, "layer"),
     "TransformerSeq2SeqBackbone": (_backbone, _call_student_features, "model"),
     "TransformerSeq2Seq": (_student, _call_student_features, "model"),
@@ -328,6 +334,14 @@ NOT_IN_CONFIG = {
         "lora_alpha",
         "gptq_unpacked_column_size",
     ),
+    # keras.layers.Dense's own config, likewise (and it never writes the
+    # activity_regularizer its constructor takes: keras' behaviour).
+    "FastDense": (
+        "activity_regularizer",
+        "lora_rank",
+        "lora_alpha",
+        "gptq_unpacked_column_size",
+    ),
 }
 # Layers that compute in float32 under mixed_bfloat16, on purpose: the
 # logits cast, and the sinusoidal positions (bf16 cannot hold positions
@@ -344,6 +358,7 @@ PRECISION_OUTPUT = {
     "MatMulEinsumDense": "bfloat16",
     "FastLayerNormalization": "bfloat16",
     "FastDropout": "bfloat16",
+    "FastDense": "bfloat16",
     "TransformerSeq2SeqBackbone": "bfloat16",
     "TransformerSeq2Seq": "float32",
     "RecurrentSeq2Seq": "float32",

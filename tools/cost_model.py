@@ -132,16 +132,17 @@ class Machine:
 
 # This machine (AMD EPYC, 2 cores, no AMX): TensorFlow's bf16 matmul ceiling
 # 0.42 TFLOP/s (docs/PERFORMANCE.md, session 3); the student trains at ~55%
-# of it (issue 19's same-run figure), the teacher at ~50% and the dump at
-# ~48% of the ceiling measured beside them, counting real tokens
-# (tools/bench_teacher.py and tools/bench_dump.py, session 8: a bucket every
-# 2 tokens for the teacher, length-sorted batches for the dump; 47% and 41%
-# before). GPUs: published dense bf16 peaks at 40% utilisation, 8
-# GPUs at 90% scaling efficiency (assumptions, not measurements).
+# of it (issue 19's same-run figure), the teacher at ~53% and the dump at
+# ~62% of the ceiling measured beside them, counting real tokens
+# (tools/bench_teacher.py and tools/bench_dump.py, session 8, idle: a bucket
+# every 2 tokens for the teacher, length-sorted batches for the dump,
+# FastDense for both; 44-48% and 41% at the session's start). GPUs:
+# published dense bf16 peaks at 40% utilisation, 8 GPUs at 90% scaling
+# efficiency (assumptions, not measurements).
 CPU_CEILING = 0.42e12
 CPU_UTILISATION = {
-    "teacher": 0.50,
-    "dump": 0.48,
+    "teacher": 0.53,
+    "dump": 0.62,
     "student": 0.55,
     "decode": 0.2,
 }

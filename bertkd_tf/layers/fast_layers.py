@@ -9,7 +9,10 @@ project's CPUs three of them cost far more than their function needs:
 - `Dropout` draws a 32-bit random float per element -> `FastDropout`
   (`fast_dropout.py`, 16 bits an element);
 - `LayerNormalization` is differentiated op by op -> `FastLayerNormalization`
-  (`fast_layer_normalization.py`, a closed-form gradient).
+  (`fast_layer_normalization.py`, a closed-form gradient);
+- `Dense` on a rank-3 input adds its bias and activation element-wise after
+  a `Tensordot` -> `FastDense` (`fast_dense.py`, a 2-D MatMul + BiasAdd +
+  activation that oneDNN fuses in inference).
 
 They were measured on a 2-core CPU (docs/PERFORMANCE.md), not on GPUs or
 TPUs. The student backbone and the C-MLM teacher take `fast_layers=True |
@@ -34,6 +37,7 @@ import re
 import keras
 import tensorflow as tf
 
+from bertkd_tf.layers.fast_dense import FastDense
 from bertkd_tf.layers.fast_dropout import FastDropout
 from bertkd_tf.layers.fast_layer_normalization import FastLayerNormalization
 from bertkd_tf.layers.matmul_projections import (
@@ -46,8 +50,15 @@ REPLACEMENTS = {
     keras.layers.EinsumDense: MatMulEinsumDense,
     keras.layers.Dropout: FastDropout,
     keras.layers.LayerNormalization: FastLayerNormalization,
+    keras.layers.Dense: FastDense,
 }
 FAST_CLASSES = tuple(REPLACEMENTS.values())
+# Switched only where they are attributes of another layer, never as
+# entries of a functional model's layer list: keras names those entries in
+# a `.weights.h5` file after their class, and files written before
+# `FastDense` existed name them `dense` whatever the switch. So their class
+# never shows in a file's layout either.
+NESTED_ONLY = (keras.layers.Dense, FastDense)
 
 
 def accelerator_visible():
@@ -94,9 +105,18 @@ def _switch(layer, fast):
         if fast
         else {fast_class: stock for stock, fast_class in REPLACEMENTS.items()}
     )
+    sublayers = list(layer._flatten_layers(include_self=True, recursive=True))
+    listed = {
+        id(entry)
+        for sublayer in sublayers
+        if isinstance(sublayer, keras.Model)
+        for entry in sublayer.layers
+    }
     switched = []
-    for sublayer in layer._flatten_layers(include_self=True, recursive=True):
+    for sublayer in sublayers:
         target = _switchable(sublayer, classes)
+        if target in NESTED_ONLY and id(sublayer) in listed:
+            continue
         if target is not None:
             switched.append((sublayer, type(sublayer)))
             object.__setattr__(sublayer, "__class__", target)
@@ -115,7 +135,9 @@ def use_fast_layers(layer):
 
     Returns how many layers were switched, by replacement:
     `{"MatMulEinsumDense": n, "FastDropout": m, "FastLayerNormalization":
-    k}`. Subclasses of the replaced layers are left alone.
+    k, "FastDense": j}`. Subclasses of the replaced layers are left alone,
+    and so are `Dense` entries of a functional model's layer list
+    (`NESTED_ONLY`).
     """
     names = [cls.__name__ for cls in FAST_CLASSES]
     return _counts(_switch(layer, fast=True), names)
@@ -124,7 +146,8 @@ def use_fast_layers(layer):
 def use_stock_layers(layer):
     """Switches the fast layers inside `layer` back to keras' classes
     (the inverse of `use_fast_layers`); returns the counts by keras class
-    name (`{"EinsumDense": n, "Dropout": m, "LayerNormalization": k}`)."""
+    name (`{"EinsumDense": n, "Dropout": m, "LayerNormalization": k,
+    "Dense": j}`)."""
     names = [cls.__name__ for cls in REPLACEMENTS]
     return _counts(_switch(layer, fast=False), names)
 
@@ -142,8 +165,12 @@ def _entry_pattern(classes):
     return re.compile(rf"^({names})(_\d+)?$")
 
 
-_FAST_ENTRY = _entry_pattern(FAST_CLASSES)
-_STOCK_ENTRY = _entry_pattern(REPLACEMENTS)
+_FAST_ENTRY = _entry_pattern(
+    [cls for cls in FAST_CLASSES if cls not in NESTED_ONLY]
+)
+_STOCK_ENTRY = _entry_pattern(
+    [cls for cls in REPLACEMENTS if cls not in NESTED_ONLY]
+)
 
 
 def weights_file_layout(path):

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from bertkd_tf import artifacts
 from bertkd_tf.layers import fast_layers
+from bertkd_tf.layers.fast_dense import FastDense
 from bertkd_tf.layers.fast_dropout import FastDropout
 from bertkd_tf.layers.fast_layer_normalization import FastLayerNormalization
 from bertkd_tf.layers.fast_layers import (
@@ -36,6 +37,7 @@ REPLACED = {
     keras.layers.EinsumDense: MatMulEinsumDense,
     keras.layers.Dropout: FastDropout,
     keras.layers.LayerNormalization: FastLayerNormalization,
+    keras.layers.Dense: FastDense,
 }
 OLD_ARTIFACTS = os.path.join(
     os.path.dirname(os.path.dirname(__file__)),
@@ -99,12 +101,26 @@ def _sublayers(model):
     return model._flatten_layers(include_self=False, recursive=True)
 
 
+def _listed_entries(model):
+    """Ids of the layers in a functional model's layer list (in `model`)."""
+    return {
+        id(entry)
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, keras.Model)
+        for entry in layer.layers
+    }
+
+
 def _replaced_layers(model):
-    """{keras class: [its layers in the model]} for the replaced classes."""
+    """{keras class: [its layers in the model]} for the replaced classes
+    (`Dense` only where it is not a functional model's list entry)."""
     found = {base: [] for base in REPLACED}
+    listed = _listed_entries(model)
     for layer in _sublayers(model):
         for base in REPLACED:
             if isinstance(layer, base):
+                if base is keras.layers.Dense and id(layer) in listed:
+                    continue
                 found[base].append(layer)
     return found
 
@@ -133,6 +149,8 @@ def test_student_uses_them_and_serializes_unchanged(tmp_path):
         keras.layers.EinsumDense: 2 * 12,
         keras.layers.Dropout: 2 * 8 + 2,
         keras.layers.LayerNormalization: 2 * 5 + 2,
+        # The feed-forward layers: 2 an encoder and 2 a decoder layer.
+        keras.layers.Dense: 2 * 4,
     }
     for base, layers in found.items():
         assert all(type(layer) is REPLACED[base] for layer in layers)
@@ -156,6 +174,11 @@ def test_teacher_uses_them():
     teacher = _teacher(fast_layers=True)
     for base, layers in _replaced_layers(teacher).items():
         assert layers and all(type(layer) is REPLACED[base] for layer in layers)
+    # The feed-forward layers switch; the head's dense layers, entries of
+    # the teacher's layer list (named by class in .weights.h5), do not.
+    assert len(_replaced_layers(teacher)[keras.layers.Dense]) == 2 * 2
+    for name in ("mlm_transform_dense", "mlm_output_dense"):
+        assert type(teacher.get_layer(name)) is keras.layers.Dense
 
 
 @pytest.mark.parametrize("kind", ["student", "teacher"])
@@ -236,6 +259,7 @@ def test_default_follows_the_device(monkeypatch):
     monkeypatch.setattr(fast_layers, "accelerator_visible", lambda: False)
     assert resolve_fast_layers(None) is True
     assert _our_layer_classes(_student(None)) == [
+        "FastDense",
         "FastDropout",
         "FastLayerNormalization",
         "MatMulEinsumDense",
@@ -261,6 +285,7 @@ def test_use_stock_layers_undoes_use_fast_layers():
         "EinsumDense": 24,
         "Dropout": 18,
         "LayerNormalization": 12,
+        "Dense": 8,
     }
     assert _our_layer_classes(model) == []
     use_fast_layers(model)
