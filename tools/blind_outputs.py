@@ -169,14 +169,19 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
             "`tools/converge.py select` (its <model>_final directory); run "
             "that stage first."
         )
-    system_dir = os.path.join(output_dir, name)
+    # Absolute: `translate` runs in --code_dir, not in this directory.
+    system_dir = os.path.abspath(os.path.join(output_dir, name))
     os.makedirs(system_dir, exist_ok=True)
     commands, seconds = [], {}
     for file_name in blind_files(blind_dir):
         source = os.path.abspath(os.path.join(blind_dir, file_name))
         hypothesis = os.path.join(system_dir, file_name + ".hyp")
         command = translate_command(
-            BERTKD.value, work_dir, model_dir, source, hypothesis + ".tmp"
+            BERTKD.value,
+            os.path.abspath(work_dir),
+            model_dir,
+            source,
+            hypothesis + ".tmp",
         )
         commands.append(shlex.join(command))
         if os.path.exists(hypothesis) and not OVERWRITE.value:

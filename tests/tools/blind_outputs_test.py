@@ -79,7 +79,7 @@ def setup(tmp_path):
     }
 
 
-def _run(s, *systems, broken=False, extra=()):
+def _run(s, *systems, broken=False, extra=(), cwd=None, out=None):
     env = dict(os.environ, CALLS=str(s["calls"]))
     if broken:
         env["BROKEN"] = "1"
@@ -89,7 +89,7 @@ def _run(s, *systems, broken=False, extra=()):
             TOOL,
             f"--work_dir={s['work']}",
             f"--blind_dir={s['blind']}",
-            f"--output_dir={s['out']}",
+            f"--output_dir={out or s['out']}",
             f"--bertkd={s['bertkd']}",
             f"--code_dir={REPO}",
             *[f"--system={x}" for x in systems],
@@ -98,6 +98,7 @@ def _run(s, *systems, broken=False, extra=()):
         env=env,
         capture_output=True,
         text=True,
+        cwd=cwd,
     )
 
 
@@ -174,3 +175,17 @@ def test_malformed_system_flag(setup):
     result = _run(setup, "baseline_seed0")
     assert result.returncode != 0
     assert "give NAME=MODEL_DIR" in result.stderr
+
+
+def test_relative_output_dir_is_where_the_outputs_land(setup, tmp_path):
+    # `translate` runs in --code_dir (here the repository), not in the
+    # caller's directory: a relative --output_dir (the documented
+    # docs/blind/<task>) must still name the caller's folder.
+    result = _run(
+        setup, "baseline_seed0=base_final", cwd=tmp_path, out="rel/blind"
+    )
+    assert result.returncode == 0, result.stderr
+    system_dir = tmp_path / "rel" / "blind" / "baseline_seed0"
+    assert (system_dir / "b.de.hyp").read_text() == "y x\n"
+    assert (system_dir / "system.json").exists()
+    assert not os.path.exists(os.path.join(REPO, "rel"))
