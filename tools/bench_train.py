@@ -266,9 +266,8 @@ def print_round_ratios(steps):
     single pairs, and how much of it the machine makes."""
     pairs = []
     for label in steps:
-        if label.startswith("distill/") and "/" not in label[8:].replace(
-            "/xla", ""
-        ):
+        # `distill/<precision>/<xla>` without a variant suffix.
+        if label.startswith("distill/") and label.count("/") == 2:
             pairs.append((label, "baseline/" + label[len("distill/") :]))
         if label.endswith("/again"):
             pairs.append((label, label[: -len("/again")]))

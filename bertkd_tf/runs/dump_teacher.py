@@ -160,10 +160,10 @@ def token_budget_batches(tokenized, batcher):
     Multi30k 2.0% of the positions computed are padding (2,000 pairs; 1.3%
     over a 4,096-pair shard) against 10.1% with batches of one length
     bucket, and the dump runs 1.18x faster (docs/PERFORMANCE.md, "Teacher
-    and dump throughput"). The dump's
-    function takes any shape without retracing, so the many widths cost
-    nothing. Deterministic: depends only on the lengths of `tokenized`;
-    `batcher.bucket_boundaries[-1]` bounds the packed length.
+    and dump throughput"). The dump's function takes any shape without
+    retracing, so the many widths cost nothing. Deterministic: depends
+    only on the lengths of `tokenized`; `batcher.bucket_boundaries[-1]`
+    bounds the packed length.
     """
     source_lengths, target_lengths = tokenized.lengths()
     packed = source_lengths + target_lengths + 3

@@ -9,7 +9,6 @@ the seed states were checkpointed (issue 16), a resumed run drew the dropout
 masks of step 0 again and ended with other weights.
 """
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -19,16 +18,13 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.tools.tool_loader import load_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 # `bertkd` that SIGKILLs itself (no cleanup, no exception) when the optimizer
 # reaches $KILL_AT_STEP: the one tools/fault_sweep.py uses.
-_spec = importlib.util.spec_from_file_location(
-    "fault_sweep", os.path.join(ROOT, "tools", "fault_sweep.py")
-)
-_fault_sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fault_sweep)
-KILLING_BERTKD = _fault_sweep.KILLING_BERTKD
+KILLING_BERTKD = load_tool("fault_sweep").KILLING_BERTKD
 
 
 def _start_bertkd(mode, work_dir, corpus, bindings, kill_at_step=None):

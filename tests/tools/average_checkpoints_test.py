@@ -1,6 +1,5 @@
 """tools/average_checkpoints.py: the average equals the mean of weights."""
 
-import importlib.util
 import os
 
 import keras
@@ -15,13 +14,9 @@ from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.runs import distill
 from bertkd_tf.training import trainer
 from bertkd_tf.training.distillation_model import DistillationModel
+from tests.tools.tool_loader import load_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-spec = importlib.util.spec_from_file_location(
-    "average_checkpoints", os.path.join(REPO, "tools", "average_checkpoints.py")
-)
-average_checkpoints = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(average_checkpoints)
+average_checkpoints = load_tool("average_checkpoints")
 
 
 def _model_dir_with_checkpoints(tmp_path):
