@@ -23,17 +23,30 @@ positions (the EOS slot included):
 
 On the valid split this chooses T and K without a student run; on the train
 split it describes the targets the student is actually trained on.
+
+With `--students=DIR[,DIR...]` (trained students: a `distill` model dir or
+a `converge.py select` output, relative to work_dir), each student is run
+teacher-forced on the same positions and compared with the teacher's first
+choice: how often each is right, how often only the teacher is (what the
+KD term can teach that student), and the student's reference NLL.
 """
 
 import json
 import os
 
 import gin
+import numpy as np
+import tensorflow as tf
 from absl import app, flags
 
 from bertkd_tf import artifacts
 from bertkd_tf.atomic_files import write_text_atomic
-from bertkd_tf.data.target_statistics import aligned_rows, choose, statistics
+from bertkd_tf.data.target_statistics import (
+    agreement,
+    aligned_rows,
+    choose,
+    statistics,
+)
 from bertkd_tf.data.teacher_targets import TeacherTargets
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
 
@@ -56,6 +69,12 @@ CHOOSE = flags.DEFINE_string(
     "Optional JSON path: the (K, T) of the lowest reference NLL is written "
     'there as {"top_k": K, "temperature": T, "reference_nll": ...}.',
 )
+STUDENTS = flags.DEFINE_list(
+    "students",
+    [],
+    "Trained student dirs (relative: under work_dir) to compare, "
+    "teacher-forced, with the teacher's first choice.",
+)
 
 
 def _task():
@@ -64,6 +83,40 @@ def _task():
         [TASK_GIN.value], [f"DATA_DIR='{DATA_DIR.value}'"]
     )
     return gin.query_parameter("%TASK").scoped_configurable_fn()
+
+
+def _pad(rows):
+    width = max(len(r) for r in rows)
+    return np.array([list(r) + [0] * (width - len(r)) for r in rows], np.int32)
+
+
+def student_rows(student, pairs, vocab, max_pairs=None, batch_size=64):
+    """`(first choice [N], log p(reference) [N])` of a teacher-forced
+    student over the target positions of `pairs` (target tokens, then
+    EOS), in `aligned_rows`' order."""
+    sources, targets = pairs.source.to_list(), pairs.target.to_list()
+    count = len(targets) if max_pairs is None else min(max_pairs, len(targets))
+    first, reference_logp = [], []
+    for start in range(0, count, batch_size):
+        end = min(start + batch_size, count)
+        labels = [list(t) + [vocab.eos_id] for t in targets[start:end]]
+        encoder = _pad([list(s) + [vocab.eos_id] for s in sources[start:end]])
+        decoder = _pad([[vocab.bos_id] + list(t) for t in targets[start:end]])
+        logits = student(
+            {
+                "encoder_token_ids": encoder,
+                "encoder_padding_mask": (encoder != 0).astype(np.int32),
+                "decoder_token_ids": decoder,
+                "decoder_padding_mask": (decoder != 0).astype(np.int32),
+            },
+            training=False,
+        )
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
+        for row, label in zip(log_probs, labels):
+            row = row[: len(label)]
+            first.append(row.argmax(axis=1))
+            reference_logp.append(row[np.arange(len(label)), label])
+    return np.concatenate(first), np.concatenate(reference_logp)
 
 
 def main(_):
@@ -107,11 +160,34 @@ def main(_):
                 f"{s['median_top1_probability']:.3f} | "
                 f"{s['mean_reference_mass']:.3f} | {s['reference_nll']:.3f} |"
             )
-    if OUTPUT.value:
-        write_text_atomic(
-            OUTPUT.value,
-            json.dumps({"split": SPLIT.value, "by_k": results}, indent=1),
+    students = {}
+    if STUDENTS.value:
+        # The first choice is the same at every K: the last K's rows serve.
+        print(
+            "\n| student | student right | teacher right | only teacher "
+            "| only student | same choice | student ref NLL |"
         )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name in STUDENTS.value:
+            student = artifacts.load_student(os.path.join(work_dir, name))
+            first, reference_logp = student_rows(
+                student, pairs, vocab, MAX_PAIRS.value
+            )
+            a = agreement(reference, top_ids[:, 0], first, reference_logp)
+            students[name] = a
+            print(
+                f"| {name} | {100 * a['student_top1_is_reference']:.1f}% | "
+                f"{100 * a['teacher_top1_is_reference']:.1f}% | "
+                f"{100 * a['only_teacher_right']:.1f}% | "
+                f"{100 * a['only_student_right']:.1f}% | "
+                f"{100 * a['same_first_choice']:.1f}% | "
+                f"{a['student_reference_nll']:.3f} |"
+            )
+    if OUTPUT.value:
+        output = {"split": SPLIT.value, "by_k": results}
+        if students:
+            output["students"] = students
+        write_text_atomic(OUTPUT.value, json.dumps(output, indent=1))
     if CHOOSE.value:
         chosen = choose(results)
         print(

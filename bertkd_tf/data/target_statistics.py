@@ -3,7 +3,10 @@
 How sharp the stored top-K targets are at a temperature T, and how much of
 their mass lands on the reference token: what `tools/target_stats.py`
 prints, and its rule for choosing T and K on the valid split (the lowest
-reference NLL, i.e. the best-calibrated soft targets).
+reference NLL, i.e. the best-calibrated soft targets); and `agreement`, how
+much the teacher knows that a left-to-right student does not (its first
+choice against the student's teacher-forced first choice, position by
+position).
 """
 
 import numpy as np
@@ -76,3 +79,31 @@ def choose(results):
         ),
         key=lambda c: c["reference_nll"],
     )
+
+
+def agreement(reference, teacher_top1, student_top1, student_reference_logp):
+    """The teacher's first choice against a student's, per target position.
+
+    Args:
+        reference: `[N]` reference ids (`aligned_rows`' first output).
+        teacher_top1: `[N]` the teacher's first choice (`top_ids[:, 0]`).
+        student_top1: `[N]` the student's teacher-forced arg-max.
+        student_reference_logp: `[N]` the student's log-probability of the
+            reference (full softmax, no label smoothing).
+
+    Returns the fractions of positions where the teacher is right, the
+    student is right, only the teacher is right (what distillation can
+    teach this student), only the student is right, both pick the same
+    token, and the student's mean reference NLL.
+    """
+    teacher_right = teacher_top1 == reference
+    student_right = student_top1 == reference
+    return {
+        "positions": int(len(reference)),
+        "teacher_top1_is_reference": float(np.mean(teacher_right)),
+        "student_top1_is_reference": float(np.mean(student_right)),
+        "only_teacher_right": float(np.mean(teacher_right & ~student_right)),
+        "only_student_right": float(np.mean(student_right & ~teacher_right)),
+        "same_first_choice": float(np.mean(teacher_top1 == student_top1)),
+        "student_reference_nll": float(np.mean(-student_reference_logp)),
+    }

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bertkd_tf.data.target_statistics import aligned_rows, choose, statistics
+from bertkd_tf.data.target_statistics import (
+    agreement,
+    aligned_rows,
+    choose,
+    statistics,
+)
 from bertkd_tf.errors import ArtifactError
 
 
@@ -65,3 +70,20 @@ def test_aligned_rows_appends_the_eos_label_and_refuses_misaligned_dumps():
     rows[11] = (np.ones([2, 2], np.int32), np.ones([2, 2], np.float16))
     with pytest.raises(ArtifactError, match="pair 11: 1 labels but 2"):
         aligned_rows(targets, pairs, eos_id=3)
+
+
+def test_agreement_by_hand():
+    reference = np.array([1, 2, 3, 4, 5])
+    teacher = np.array([1, 2, 9, 9, 5])  # right at 0, 1, 4
+    student = np.array([1, 7, 3, 8, 8])  # right at 0, 2
+    logp = np.log([0.5, 0.25, 0.5, 0.125, 0.25])
+    a = agreement(reference, teacher, student, logp)
+    assert a["positions"] == 5
+    assert a["teacher_top1_is_reference"] == pytest.approx(0.6)
+    assert a["student_top1_is_reference"] == pytest.approx(0.4)
+    assert a["only_teacher_right"] == pytest.approx(0.4)  # positions 1, 4
+    assert a["only_student_right"] == pytest.approx(0.2)  # position 2
+    assert a["same_first_choice"] == pytest.approx(0.2)  # position 0
+    assert a["student_reference_nll"] == pytest.approx(
+        -np.mean(np.log([0.5, 0.25, 0.5, 0.125, 0.25]))
+    )

@@ -1,0 +1,64 @@
+"""tools/target_stats.py: the student side lines up with the teacher's rows."""
+
+import types
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
+from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from tests.tools.tool_loader import load_tool
+
+VOCAB, BOS, EOS = 30, 2, 3
+
+
+def _student():
+    keras.utils.set_random_seed(0)
+    return TransformerSeq2Seq(
+        TransformerSeq2SeqBackbone(
+            vocabulary_size=VOCAB,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            dropout=0.0,
+        )
+    )
+
+
+def test_student_rows_match_unpadded_single_pairs_in_order():
+    target_stats = load_tool("target_stats")
+    sources = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]
+    targets = [[15, 16], [17, 18, 19, 20], [], [21]]
+    pairs = types.SimpleNamespace(
+        source=tf.ragged.constant(sources), target=tf.ragged.constant(targets)
+    )
+    vocab = types.SimpleNamespace(bos_id=BOS, eos_id=EOS)
+    student = _student()
+    # Batches of 3 pad the first batch's rows to different lengths.
+    first, logp = target_stats.student_rows(student, pairs, vocab, batch_size=3)
+    # One row per label: target tokens then EOS, pair after pair.
+    assert first.shape == logp.shape == (sum(len(t) + 1 for t in targets),)
+    expected_first, expected_logp = [], []
+    for source, target in zip(sources, targets):
+        labels = target + [EOS]
+        logits = student(
+            {
+                "encoder_token_ids": np.array([source + [EOS]], np.int32),
+                "encoder_padding_mask": np.ones([1, len(source) + 1], np.int32),
+                "decoder_token_ids": np.array([[BOS] + target], np.int32),
+                "decoder_padding_mask": np.ones([1, len(labels)], np.int32),
+            },
+            training=False,
+        )
+        log_probs = tf.nn.log_softmax(logits[0]).numpy()
+        expected_first.extend(log_probs.argmax(axis=1))
+        expected_logp.extend(log_probs[np.arange(len(labels)), labels])
+    np.testing.assert_array_equal(first, expected_first)
+    np.testing.assert_allclose(logp, expected_logp, atol=1e-5)
+    # max_pairs stops after the first pairs.
+    first, _ = target_stats.student_rows(
+        student, pairs, vocab, max_pairs=2, batch_size=3
+    )
+    assert len(first) == 3 + 5
