@@ -18,13 +18,32 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
+from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+
 __all__ = [
     "assert_outputs_close",
     "constructor_arguments",
     "run_model_saving_test",
     "run_precision_test",
     "run_serialization_test",
+    "tiny_transformer_student",
 ]
+
+
+def tiny_transformer_student(vocabulary_size, seed=0, **backbone_arguments):
+    """A 1-layer, 16-wide `TransformerSeq2Seq` without dropout, seeded."""
+    keras.utils.set_random_seed(seed)
+    arguments = dict(
+        vocabulary_size=vocabulary_size,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        dropout=0.0,
+    )
+    arguments.update(backbone_arguments)
+    return TransformerSeq2Seq(TransformerSeq2SeqBackbone(**arguments))
 
 
 def _to_numpy(value):

@@ -1,4 +1,3 @@
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,25 +6,16 @@ from bertkd_tf.data.bert_word_piece_tokenizer import BertWordPieceTokenizer
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.decoding.beam_search import beam_search
 from bertkd_tf.decoding.generator import Generator, auto_search_shards
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from tests.testing import tiny_transformer_student
 
 EOS, BOS = 3, 2
 WORDS = ["a", "dog", "cat", "the", "runs", "sleeps", "ein", "hund", "."]
 
 
 def tiny_model(vocabulary_size=40, seed=0):
-    keras.utils.set_random_seed(seed)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=vocabulary_size,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
-        max_sequence_length=48,
+    return tiny_transformer_student(
+        vocabulary_size, seed, num_layers=2, max_sequence_length=48
     )
-    return TransformerSeq2Seq(backbone)
 
 
 def tiny_vocabulary():

@@ -8,24 +8,20 @@ import pytest
 
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from tests.testing import tiny_transformer_student
 
 VOCAB = 50
 
 
 def make_model(normalize_first=True, dtype=None, **kwargs):
-    keras.utils.set_random_seed(0)
-    backbone = TransformerSeq2SeqBackbone(
-        vocabulary_size=VOCAB,
+    return tiny_transformer_student(
+        VOCAB,
+        0,
         num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        dropout=0.0,
         normalize_first=normalize_first,
         dtype=dtype,
         **kwargs,
     )
-    return TransformerSeq2Seq(backbone=backbone)
 
 
 def make_inputs():

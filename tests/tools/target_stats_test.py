@@ -2,29 +2,13 @@
 
 import types
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from tests.testing import tiny_transformer_student
 from tests.tools.tool_loader import load_tool
 
 VOCAB, BOS, EOS = 30, 2, 3
-
-
-def _student():
-    keras.utils.set_random_seed(0)
-    return TransformerSeq2Seq(
-        TransformerSeq2SeqBackbone(
-            vocabulary_size=VOCAB,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            dropout=0.0,
-        )
-    )
 
 
 def test_student_rows_match_unpadded_single_pairs_in_order():
@@ -35,7 +19,7 @@ def test_student_rows_match_unpadded_single_pairs_in_order():
         source=tf.ragged.constant(sources), target=tf.ragged.constant(targets)
     )
     vocab = types.SimpleNamespace(bos_id=BOS, eos_id=EOS)
-    student = _student()
+    student = tiny_transformer_student(VOCAB)
     # Batches of 3 pad the first batch's rows to different lengths.
     first, logp = target_stats.student_rows(student, pairs, vocab, batch_size=3)
     # One row per label: target tokens then EOS, pair after pair.

@@ -14,26 +14,15 @@ import tensorflow as tf
 
 from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy
 from bertkd_tf.losses.top_k_distillation_loss import TopKDistillationLoss
-from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
-from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
 from bertkd_tf.training.distillation_model import DistillationModel
+from tests.testing import tiny_transformer_student
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 VOCAB, B, S, T, K = 40, 4, 5, 6, 3
 
 
 def make_student(seed=1):
-    keras.utils.set_random_seed(seed)
-    return TransformerSeq2Seq(
-        TransformerSeq2SeqBackbone(
-            vocabulary_size=VOCAB,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            dropout=0.0,
-        )
-    )
+    return tiny_transformer_student(VOCAB, seed)
 
 
 def make_data(seed=0):
