@@ -49,16 +49,42 @@ json_value() {  # file key
   "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"
 }
 
-student() {  # model_dir gin seed [bindings...]: train to the plateau, select
+train() {  # model_dir gin seed [bindings...]: train to the plateau;
+  # with $min_steps set, train on (same run, same data order) to at least
+  # that step and then to the plateau again
   local name=$1 gin=$2 seed=$3; shift 3
+  local stage=$name min=(); if [ -n "${min_steps:-}" ]; then
+    stage=${name}_to_$min_steps min=(--min_steps="$min_steps"); fi
   local bindings=(--gin_bindings="distill.run.seed=$seed")
   for b in "$@"; do bindings+=(--gin_bindings="$b"); done
-  run_tool "$name" "$py" tools/converge.py train --work_dir="$work_dir" \
+  run_tool "$stage" "$py" tools/converge.py train --work_dir="$work_dir" \
     --data_dir="$data_dir" --task_gin=$task_gin --gin_file="$gin" \
-    --model_dir="$name" --bertkd="$bertkd" "${bindings[@]}"
-  run_tool "${name}_select" "$py" tools/converge.py select \
+    --model_dir="$name" --bertkd="$bertkd" "${min[@]}" "${bindings[@]}"
+}
+
+select_final() {  # model_dir [stage suffix]: <model_dir>_final from valid
+  run_tool "$1_select${2:-}" "$py" tools/converge.py select \
     --work_dir="$work_dir" --data_dir="$data_dir" --task_gin=$task_gin \
-    --model_dir="$name"
+    --model_dir="$1"
+}
+
+last_step() {  # model_dir: the last step `converge.py train` reached
+  json_value "$work_dir/$1/converged.json" last_step
+}
+
+same_length() {  # seed alpha_tag (05) alpha (0.5): both arms of a seed, equally long
+  # Each arm trains at least as far as the other stopped (a plateau found
+  # early is not a reason for fewer steps than the other arm had), then
+  # both are selected on valid.
+  local seed=$1 tag=$2 alpha=$3
+  local base=baseline_seed$seed kd_name=distilled_a${tag}_seed$seed
+  local a b; a=$(last_step $base) b=$(last_step $kd_name)
+  local steps=$(( a > b ? a : b ))
+  min_steps=$steps train $base "$G/baseline.gin" "$seed"
+  min_steps=$steps train $kd_name "$G/distill.gin" "$seed" "${kd[@]}" \
+    DISTILLATION_WEIGHT="$alpha"
+  select_final $base "_at_$steps"
+  select_final $kd_name "_at_$steps"
 }
 
 run_stage prepare prepare gin/experiments/multi30k_de_en_prepare.gin
@@ -78,21 +104,25 @@ T=$(json_value "$work_dir/chosen_kd.json" temperature)
 K=$(json_value "$work_dir/chosen_kd.json" top_k)
 kd=("TEMPERATURE=$T" "TOP_K=$K")
 
-# Alpha is chosen on seed 0 before any other seed runs (since session 9: at
-# step 3,000 the alpha-0.5 student read 36.7 greedy valid BLEU against the
-# baseline's 38.4, so a seed-1 student at 0.5 would likely be wasted): 0.5,
-# then 0.3, then 0.1 only if 0.3 beat 0.5 on valid (the KD weight goes down
-# while lowering it helps).
-student baseline_seed0 "$G/baseline.gin" 0
-student distilled_a05_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.5
-student distilled_a03_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.3
+# Seed 0: the baseline and the distilled arm at alpha 0.5, made equally
+# long and selected (since session 9: the distilled student was still
+# improving at step 7,000, the baseline had stopped at 5,000 on its
+# plateau); then alpha 0.3, and 0.1 only if 0.3 beat 0.5 on valid (the KD
+# weight goes down while lowering it helps); alpha is chosen on seed 0
+# before any other seed runs.
+train baseline_seed0 "$G/baseline.gin" 0
+train distilled_a05_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.5
+same_length 0 05 0.5
+train distilled_a03_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.3
+select_final distilled_a03_seed0
 valid_bleu() {  # model_dir: beam-5 tokenized valid BLEU of its selected weights
   "$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['valid']['bleu'])" \
     "$work_dir/$1_final/selection.json"
 }
 if "$py" -c "import sys; sys.exit(not float(sys.argv[1]) > float(sys.argv[2]))" \
     "$(valid_bleu distilled_a03_seed0)" "$(valid_bleu distilled_a05_seed0)"; then
-  student distilled_a01_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.1
+  train distilled_a01_seed0 "$G/distill.gin" 0 "${kd[@]}" DISTILLATION_WEIGHT=0.1
+  select_final distilled_a01_seed0
 fi
 # Alpha: the best seed-0 student on the valid split (beam 5, tokenized BLEU).
 run_tool choose_alpha "$py" -c "
@@ -106,11 +136,14 @@ for a in ('05', '03', '01'):
 best = max(score, key=score.get)
 json.dump({'alpha': float('0.' + best[1]), 'tag': best, 'valid_bleu': score}, open(f'{w}/chosen_alpha.json', 'w'))
 print(score, '->', best)" "$work_dir"
-tag=a$(json_value "$work_dir/chosen_alpha.json" tag)
+tag=$(json_value "$work_dir/chosen_alpha.json" tag)
 alpha=$(json_value "$work_dir/chosen_alpha.json" alpha)
-# Seeds 1 and 2 of both arms, the distilled one at the chosen alpha.
+# Seed 0 at the chosen alpha (nothing to do if it is 0.5), then seeds 1
+# and 2 of both arms.
+same_length 0 "$tag" "$alpha"
 for seed in 1 2; do
-  student baseline_seed$seed "$G/baseline.gin" $seed
-  student distilled_${tag}_seed$seed "$G/distill.gin" $seed "${kd[@]}" DISTILLATION_WEIGHT=$alpha
+  train baseline_seed$seed "$G/baseline.gin" $seed
+  train distilled_a${tag}_seed$seed "$G/distill.gin" $seed "${kd[@]}" DISTILLATION_WEIGHT=$alpha
+  same_length $seed "$tag" "$alpha"
 done
 echo "multi30k_gain: all stages of this commit done in $work_dir"
