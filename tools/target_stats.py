@@ -35,8 +35,6 @@ import json
 import os
 
 import gin
-import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
 from bertkd_tf import artifacts
@@ -46,6 +44,7 @@ from bertkd_tf.data.target_statistics import (
     aligned_rows,
     choose,
     statistics,
+    student_rows,
 )
 from bertkd_tf.data.teacher_targets import TeacherTargets
 from bertkd_tf.data.tokenized_pairs import TokenizedPairs
@@ -83,40 +82,6 @@ def _task():
         [TASK_GIN.value], [f"DATA_DIR='{DATA_DIR.value}'"]
     )
     return gin.query_parameter("%TASK").scoped_configurable_fn()
-
-
-def _pad(rows):
-    width = max(len(r) for r in rows)
-    return np.array([list(r) + [0] * (width - len(r)) for r in rows], np.int32)
-
-
-def student_rows(student, pairs, vocab, max_pairs=None, batch_size=64):
-    """`(first choice [N], log p(reference) [N])` of a teacher-forced
-    student over the target positions of `pairs` (target tokens, then
-    EOS), in `aligned_rows`' order."""
-    sources, targets = pairs.source.to_list(), pairs.target.to_list()
-    count = len(targets) if max_pairs is None else min(max_pairs, len(targets))
-    first, reference_logp = [], []
-    for start in range(0, count, batch_size):
-        end = min(start + batch_size, count)
-        labels = [list(t) + [vocab.eos_id] for t in targets[start:end]]
-        encoder = _pad([list(s) + [vocab.eos_id] for s in sources[start:end]])
-        decoder = _pad([[vocab.bos_id] + list(t) for t in targets[start:end]])
-        logits = student(
-            {
-                "encoder_token_ids": encoder,
-                "encoder_padding_mask": (encoder != 0).astype(np.int32),
-                "decoder_token_ids": decoder,
-                "decoder_padding_mask": (decoder != 0).astype(np.int32),
-            },
-            training=False,
-        )
-        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
-        for row, label in zip(log_probs, labels):
-            row = row[: len(label)]
-            first.append(row.argmax(axis=1))
-            reference_logp.append(row[np.arange(len(label)), label])
-    return np.concatenate(first), np.concatenate(reference_logp)
 
 
 def main(_):

@@ -6,10 +6,11 @@ prints, and its rule for choosing T and K on the valid split (the lowest
 reference NLL, i.e. the best-calibrated soft targets); and `agreement`, how
 much the teacher knows that a left-to-right student does not (its first
 choice against the student's teacher-forced first choice, position by
-position).
+position, from `student_rows`).
 """
 
 import numpy as np
+import tensorflow as tf
 
 from bertkd_tf.errors import ArtifactError
 
@@ -107,3 +108,37 @@ def agreement(reference, teacher_top1, student_top1, student_reference_logp):
         "same_first_choice": float(np.mean(teacher_top1 == student_top1)),
         "student_reference_nll": float(np.mean(-student_reference_logp)),
     }
+
+
+def _pad(rows):
+    width = max(len(r) for r in rows)
+    return np.array([list(r) + [0] * (width - len(r)) for r in rows], np.int32)
+
+
+def student_rows(student, pairs, vocab, max_pairs=None, batch_size=64):
+    """`(first choice [N], log p(reference) [N])` of a teacher-forced
+    student over the target positions of `pairs` (target tokens, then
+    EOS), in `aligned_rows`' order."""
+    sources, targets = pairs.source.to_list(), pairs.target.to_list()
+    count = len(targets) if max_pairs is None else min(max_pairs, len(targets))
+    first, reference_logp = [], []
+    for start in range(0, count, batch_size):
+        end = min(start + batch_size, count)
+        labels = [list(t) + [vocab.eos_id] for t in targets[start:end]]
+        encoder = _pad([list(s) + [vocab.eos_id] for s in sources[start:end]])
+        decoder = _pad([[vocab.bos_id] + list(t) for t in targets[start:end]])
+        logits = student(
+            {
+                "encoder_token_ids": encoder,
+                "encoder_padding_mask": (encoder != 0).astype(np.int32),
+                "decoder_token_ids": decoder,
+                "decoder_padding_mask": (decoder != 0).astype(np.int32),
+            },
+            training=False,
+        )
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
+        for row, label in zip(log_probs, labels):
+            row = row[: len(label)]
+            first.append(row.argmax(axis=1))
+            reference_logp.append(row[np.arange(len(label)), label])
+    return np.concatenate(first), np.concatenate(reference_logp)

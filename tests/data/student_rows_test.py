@@ -1,18 +1,18 @@
-"""tools/target_stats.py: the student side lines up with the teacher's rows."""
+"""target_statistics.student_rows (tools/target_stats.py --students): the
+student side lines up with the teacher's rows."""
 
 import types
 
 import numpy as np
 import tensorflow as tf
 
+from bertkd_tf.data.target_statistics import student_rows
 from tests.testing import tiny_transformer_student
-from tests.tools.tool_loader import load_tool
 
 VOCAB, BOS, EOS = 30, 2, 3
 
 
 def test_student_rows_match_unpadded_single_pairs_in_order():
-    target_stats = load_tool("target_stats")
     sources = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]
     targets = [[15, 16], [17, 18, 19, 20], [], [21]]
     pairs = types.SimpleNamespace(
@@ -21,7 +21,7 @@ def test_student_rows_match_unpadded_single_pairs_in_order():
     vocab = types.SimpleNamespace(bos_id=BOS, eos_id=EOS)
     student = tiny_transformer_student(VOCAB)
     # Batches of 3 pad the first batch's rows to different lengths.
-    first, logp = target_stats.student_rows(student, pairs, vocab, batch_size=3)
+    first, logp = student_rows(student, pairs, vocab, batch_size=3)
     # One row per label: target tokens then EOS, pair after pair.
     assert first.shape == logp.shape == (sum(len(t) + 1 for t in targets),)
     expected_first, expected_logp = [], []
@@ -42,7 +42,5 @@ def test_student_rows_match_unpadded_single_pairs_in_order():
     np.testing.assert_array_equal(first, expected_first)
     np.testing.assert_allclose(logp, expected_logp, atol=1e-5)
     # max_pairs stops after the first pairs.
-    first, _ = target_stats.student_rows(
-        student, pairs, vocab, max_pairs=2, batch_size=3
-    )
+    first, _ = student_rows(student, pairs, vocab, max_pairs=2, batch_size=3)
     assert len(first) == 3 + 5
