@@ -15,11 +15,16 @@ the checkout the experiment runs from) at the recipe's decoding settings,
 and writes `<output_dir>/NAME/<file>.hyp`: one line per input line, in input
 order. Next to them, `system.json` records what produced them: the commit,
 the exact commands, the teacher (last validated step and its valid
-masked-token accuracy), the soft-target settings, the student's steps, the
+masked-token accuracy), the soft-target settings, the student's own
+distillation weight (from its operative config; 0 for a baseline) and the
+alpha choice across students if one was made, the student's steps, the
 checkpoints used and how they were chosen (valid split only), valid BLEU,
 and wall times. Every file is written under a temporary name, then renamed:
 an interrupted run leaves no half output, and a rerun redoes only what is
-missing (`--overwrite` redoes everything).
+missing (`--overwrite` redoes everything), or everything when the student's
+weights are not the ones recorded (`weights_sha256`: it was selected again).
+`commit` is the checkout that translated the outputs (per file in
+`translate_commits`), not the one of a later rerun that redid nothing.
 
 The references of the blind sets are never read: there are none here.
 """
@@ -113,6 +118,37 @@ def stage_times(work_dir):
     return times
 
 
+def distillation_weight(model_dir):
+    """The student's alpha, from the operative config its training saved
+    (`DISTILLATION_WEIGHT = x` or `distill.run.distillation_weight = x`);
+    None if neither is there."""
+    path = os.path.join(model_dir, "operative_config.gin")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = (part.strip() for part in line.partition("="))
+            if key in (
+                "DISTILLATION_WEIGHT",
+                "distill.run.distillation_weight",
+            ):
+                try:
+                    return float(value)
+                except ValueError:  # A macro reference: read on.
+                    continue
+    return None
+
+
+def weights_sha256(student_dir):
+    """The recorded SHA-256 of the student's final weights (None if none
+    was recorded)."""
+    path = os.path.join(student_dir, "final.weights.h5.sha256")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().split()[0]
+
+
 def commit_of(code_dir):
     try:
         return subprocess.run(
@@ -172,7 +208,15 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
     # Absolute: `translate` runs in --code_dir, not in this directory.
     system_dir = os.path.abspath(os.path.join(output_dir, name))
     os.makedirs(system_dir, exist_ok=True)
-    commands, seconds = [], {}
+    weights = weights_sha256(student_dir)
+    previous = _read_json(os.path.join(system_dir, SYSTEM_FILE)) or {}
+    # Outputs of other weights (the student was selected again, or the
+    # record predates the checksum) are all translated again.
+    redo = OVERWRITE.value or previous.get("weights_sha256") != weights
+    if redo:
+        previous = {}
+    commit = commit_of(CODE_DIR.value)
+    commands, seconds, commits = [], {}, {}
     for file_name in blind_files(blind_dir):
         source = os.path.abspath(os.path.join(blind_dir, file_name))
         hypothesis = os.path.join(system_dir, file_name + ".hyp")
@@ -184,7 +228,7 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
             hypothesis + ".tmp",
         )
         commands.append(shlex.join(command))
-        if os.path.exists(hypothesis) and not OVERWRITE.value:
+        if os.path.exists(hypothesis) and not redo:
             continue
         start = time.perf_counter()
         subprocess.run(command, cwd=CODE_DIR.value, check=True)
@@ -199,15 +243,24 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
             )
         os.replace(hypothesis + ".tmp", hypothesis)
         seconds[file_name] = round(time.perf_counter() - start, 1)
+        commits[file_name] = commit
     model_name = (
         model_dir[: -len("_final")]
         if model_dir.endswith("_final")
         else model_dir
     )
-    previous = _read_json(os.path.join(system_dir, SYSTEM_FILE)) or {}
+    commits = {**previous.get("translate_commits", {}), **commits}
     system = {
         "system": name,
-        "commit": commit_of(CODE_DIR.value),
+        # The checkout the outputs were translated from (one per file in
+        # translate_commits when reruns of several commits made them).
+        "commit": (
+            next(iter(set(commits.values())))
+            if len(set(commits.values())) == 1
+            else commit
+        ),
+        "translate_commits": commits,
+        "weights_sha256": weights,
         "work_dir": work_dir,
         "model_dir": model_dir,
         "translate_commands": commands,
@@ -217,7 +270,10 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
         },
         "teacher": teacher_summary(work_dir),
         "soft_targets": _read_json(os.path.join(work_dir, "chosen_kd.json")),
-        "alpha": _read_json(os.path.join(work_dir, "chosen_alpha.json")),
+        "distillation_weight": distillation_weight(
+            os.path.join(work_dir, model_name)
+        ),
+        "alpha_choice": _read_json(os.path.join(work_dir, "chosen_alpha.json")),
         "student_steps": selection.get("converged"),
         "checkpoints_used": selection.get("checkpoint_steps"),
         "chosen": selection.get("chosen"),

@@ -49,6 +49,10 @@ def setup(tmp_path):
     (work / "chosen_kd.json").write_text('{"temperature": 2.0, "top_k": 8}')
     (work / "base").mkdir()
     (work / "base" / "valid_bleu.json").write_text('{"500": {"bleu": 30.0}}')
+    (work / "base" / "operative_config.gin").write_text(
+        "DISTILLATION_WEIGHT = 0.3\n"
+        "distill.run.distillation_weight = %DISTILLATION_WEIGHT\n"
+    )
     final = work / "base_final"
     final.mkdir()
     selection = {
@@ -131,6 +135,9 @@ def test_outputs_line_for_line_and_system_json(setup):
     assert system["checkpoints_used"] == [500]
     assert system["student_steps"]["last_step"] == 2500
     assert system["soft_targets"] == {"temperature": 2.0, "top_k": 8}
+    # The student's own alpha; no alpha chosen across students yet.
+    assert system["distillation_weight"] == 0.3
+    assert system["alpha_choice"] is None
     assert system["valid_greedy_bleu_curve"] == {"500": {"bleu": 30.0}}
     assert system["stage_wall_times"] == {"teacher": "100 s, commit abc, d"}
     assert len(system["commit"]) == 40
@@ -153,6 +160,31 @@ def test_rerun_redoes_only_what_is_missing(setup):
         == 0
     )
     assert _calls(setup) == ["a.de", "b.de", "b.de", "a.de", "b.de"]
+
+
+def test_new_weights_redo_everything_and_old_outputs_keep_their_commit(setup):
+    sha = setup["work"] / "base_final" / "final.weights.h5.sha256"
+    sha.write_text("aaa  final.weights.h5\n")
+    assert _run(setup, "baseline_seed0=base_final").returncode == 0
+    record = setup["out"] / "baseline_seed0" / "system.json"
+    system = json.loads(record.read_text())
+    assert system["weights_sha256"] == "aaa"
+    assert set(system["translate_commits"]) == {"a.de", "b.de"}
+    # Outputs translated by another checkout, then a rerun that redoes
+    # nothing: the record keeps the checkout that made them.
+    system["translate_commits"] = {"a.de": "f" * 40, "b.de": "f" * 40}
+    record.write_text(json.dumps(system))
+    assert _run(setup, "baseline_seed0=base_final").returncode == 0
+    assert _calls(setup) == ["a.de", "b.de"]
+    assert json.loads(record.read_text())["commit"] == "f" * 40
+    # The student selected again (other weights): every file again.
+    sha.write_text("bbb  final.weights.h5\n")
+    assert _run(setup, "baseline_seed0=base_final").returncode == 0
+    assert _calls(setup) == ["a.de", "b.de", "a.de", "b.de"]
+    system = json.loads(record.read_text())
+    assert system["weights_sha256"] == "bbb"
+    assert system["commit"] != "f" * 40
+    assert set(system["translate_commits"].values()) == {system["commit"]}
 
 
 def test_short_output_is_refused_and_not_renamed(setup):
