@@ -12,6 +12,7 @@ position, from `student_rows`).
 import numpy as np
 import tensorflow as tf
 
+from bertkd_tf.data.student_features import student_example, to_keras_inputs
 from bertkd_tf.errors import ArtifactError
 
 
@@ -110,35 +111,33 @@ def agreement(reference, teacher_top1, student_top1, student_reference_logp):
     }
 
 
-def _pad(rows):
-    width = max(len(r) for r in rows)
-    return np.array([list(r) + [0] * (width - len(r)) for r in rows], np.int32)
-
-
 def student_rows(student, pairs, vocab, max_pairs=None, batch_size=64):
     """`(first choice [N], log p(reference) [N])` of a teacher-forced
-    student over the target positions of `pairs` (target tokens, then
-    EOS), in `aligned_rows`' order."""
-    sources, targets = pairs.source.to_list(), pairs.target.to_list()
-    count = len(targets) if max_pairs is None else min(max_pairs, len(targets))
+    student over the target positions of `pairs` (a `TokenizedPairs`;
+    target tokens, then EOS), in `aligned_rows`' order: the pairs in order,
+    as the student's own features (`student_example`, `to_keras_inputs`)."""
+    dataset = pairs.to_dataset()
+    if max_pairs is not None:
+        dataset = dataset.take(max_pairs)
+    batches = (
+        dataset.map(lambda e: student_example(e, vocab.bos_id, vocab.eos_id))
+        .padded_batch(batch_size)
+        .map(to_keras_inputs)
+    )
     first, reference_logp = [], []
-    for start in range(0, count, batch_size):
-        end = min(start + batch_size, count)
-        labels = [list(t) + [vocab.eos_id] for t in targets[start:end]]
-        encoder = _pad([list(s) + [vocab.eos_id] for s in sources[start:end]])
-        decoder = _pad([[vocab.bos_id] + list(t) for t in targets[start:end]])
-        logits = student(
-            {
-                "encoder_token_ids": encoder,
-                "encoder_padding_mask": (encoder != 0).astype(np.int32),
-                "decoder_token_ids": decoder,
-                "decoder_padding_mask": (decoder != 0).astype(np.int32),
-            },
-            training=False,
+    for x, labels, weight in batches:
+        log_probs = tf.nn.log_softmax(
+            tf.cast(student(x, training=False), tf.float32)
         )
-        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
-        for row, label in zip(log_probs, labels):
-            row = row[: len(label)]
-            first.append(row.argmax(axis=1))
-            reference_logp.append(row[np.arange(len(label)), label])
-    return np.concatenate(first), np.concatenate(reference_logp)
+        real = weight > 0  # Not padding: the labels' own positions.
+        first.append(tf.boolean_mask(tf.argmax(log_probs, axis=-1), real))
+        reference_logp.append(
+            tf.boolean_mask(
+                tf.gather(log_probs, labels[..., None], batch_dims=2)[..., 0],
+                real,
+            )
+        )
+    return (
+        tf.concat(first, axis=0).numpy(),
+        tf.concat(reference_logp, axis=0).numpy(),
+    )

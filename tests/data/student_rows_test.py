@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from bertkd_tf.data.target_statistics import student_rows
+from bertkd_tf.data.tokenized_pairs import TokenizedPairs
 from tests.testing import tiny_transformer_student
 
 VOCAB, BOS, EOS = 30, 2, 3
@@ -15,8 +16,10 @@ VOCAB, BOS, EOS = 30, 2, 3
 def test_student_rows_match_unpadded_single_pairs_in_order():
     sources = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]
     targets = [[15, 16], [17, 18, 19, 20], [], [21]]
-    pairs = types.SimpleNamespace(
-        source=tf.ragged.constant(sources), target=tf.ragged.constant(targets)
+    pairs = TokenizedPairs(
+        [10, 11, 12, 13],
+        tf.ragged.constant(sources, dtype=tf.int32),
+        tf.ragged.constant(targets, dtype=tf.int32),
     )
     vocab = types.SimpleNamespace(bos_id=BOS, eos_id=EOS)
     student = tiny_transformer_student(VOCAB)
