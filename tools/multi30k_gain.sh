@@ -78,11 +78,20 @@ same_length() {  # seed alpha_tag (05) alpha (0.5): both arms of a seed, equally
   # both are selected on valid.
   local seed=$1 tag=$2 alpha=$3
   local base=baseline_seed$seed kd_name=distilled_a${tag}_seed$seed
-  local a b; a=$(last_step $base) b=$(last_step $kd_name)
-  local steps=$(( a > b ? a : b ))
-  min_steps=$steps train $base "$G/baseline.gin" "$seed"
-  min_steps=$steps train $kd_name "$G/distill.gin" "$seed" "${kd[@]}" \
-    DISTILLATION_WEIGHT="$alpha"
+  # Repeated until both stopped at the same step: an arm that finds a new
+  # best while catching up trains on to its plateau again, and the other
+  # arm then catches up with it in turn.
+  local a b steps
+  a=$(last_step $base) b=$(last_step $kd_name)
+  while :; do
+    steps=$(( a > b ? a : b ))
+    min_steps=$steps train $base "$G/baseline.gin" "$seed"
+    min_steps=$steps train $kd_name "$G/distill.gin" "$seed" "${kd[@]}" \
+      DISTILLATION_WEIGHT="$alpha"
+    a=$(last_step $base) b=$(last_step $kd_name)
+    [ "$a" = "$b" ] && break
+  done
+  steps=$a
   select_final $base "_at_$steps"
   select_final $kd_name "_at_$steps"
 }
