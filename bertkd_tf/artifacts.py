@@ -194,3 +194,4 @@ def load_student(
         student, os.path.join(directory, weights_file), remedy=remedy
     )
     return student
+

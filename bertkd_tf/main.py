@@ -42,6 +42,7 @@ from bertkd_tf import settings
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.decoding.search_settings import SearchSettings
 from bertkd_tf.errors import BertkdError, ConfigError
+from bertkd_tf.operative_config import OPERATIVE_CONFIG
 
 MODES = (
     "prepare",
@@ -67,7 +68,7 @@ DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Parse the configuration, print it, and stop."
 )
 
-CONFIG_FILE = "operative_config.gin"
+CONFIG_FILE = OPERATIVE_CONFIG
 
 
 class UsageError(ConfigError):

@@ -298,6 +298,7 @@ RANKS = (
         "settings",
         "keras_compat",
         "durations",
+        "operative_config",
         "plots",
         "layers",
         "losses",

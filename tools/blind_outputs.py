@@ -5,7 +5,7 @@ r"""Blind test outputs of finished students, with what produced them.
         --output_dir=docs/blind/multi30k_de_en \
         --bertkd=/work/runs/venv/bin/bertkd --code_dir=/work/runs/code \
         --system=baseline_seed0=baseline_seed0_final \
-        --system=distilled_seed0=distilled_a03_seed0_final
+        --system=distilled_seed0=distilled_a05t10k8_seed0_final
 
 For each `--system=NAME=MODEL_DIR` (a student directory of the work
 directory, chosen on the valid split by `tools/converge.py select`, so it
@@ -15,9 +15,10 @@ the checkout the experiment runs from) at the recipe's decoding settings,
 and writes `<output_dir>/NAME/<file>.hyp`: one line per input line, in input
 order. Next to them, `system.json` records what produced them: the commit,
 the exact commands, the teacher (last validated step and its valid
-masked-token accuracy), the soft-target settings, the student's own
-distillation weight (from its operative config; 0 for a baseline) and the
-alpha choice across students if one was made, the student's steps, the
+masked-token accuracy), the student's own distillation settings (alpha, T,
+K, from its operative config; alpha 0 for a baseline), the T and K of the
+valid-NLL rule, the choice of settings across the seed-0 candidates if one
+was made (`chosen_distillation.json`), the student's steps, the
 checkpoints used and how they were chosen (valid split only), valid BLEU,
 and wall times. Every file is written under a temporary name, then renamed:
 an interrupted run leaves no half output, and a rerun redoes only what is
@@ -43,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bertkd_tf import plots  # noqa: E402
 from bertkd_tf.atomic_files import write_text_atomic  # noqa: E402
 from bertkd_tf.errors import MissingArtifactError, MissingInputError  # noqa: E402
+from bertkd_tf.operative_config import distillation_settings  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,27 +118,6 @@ def stage_times(work_dir):
             with open(os.path.join(stages, name)) as f:
                 times[name[: -len(".done")]] = f.read().strip()
     return times
-
-
-def distillation_weight(model_dir):
-    """The student's alpha, from the operative config its training saved
-    (`DISTILLATION_WEIGHT = x` or `distill.run.distillation_weight = x`);
-    None if neither is there."""
-    path = os.path.join(model_dir, "operative_config.gin")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, _, value = (part.strip() for part in line.partition("="))
-            if key in (
-                "DISTILLATION_WEIGHT",
-                "distill.run.distillation_weight",
-            ):
-                try:
-                    return float(value)
-                except ValueError:  # A macro reference: read on.
-                    continue
-    return None
 
 
 def weights_sha256(student_dir):
@@ -269,11 +250,18 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
             "length_penalty": LENGTH_PENALTY.value,
         },
         "teacher": teacher_summary(work_dir),
-        "soft_targets": _read_json(os.path.join(work_dir, "chosen_kd.json")),
-        "distillation_weight": distillation_weight(
+        # What this student trained with (alpha 0: a baseline), from its
+        # own operative config; the valid-NLL rule's T and K; the choice of
+        # settings across the seed-0 candidates once made.
+        "distillation": distillation_settings(
             os.path.join(work_dir, model_name)
         ),
-        "alpha_choice": _read_json(os.path.join(work_dir, "chosen_alpha.json")),
+        "soft_targets_valid_nll_rule": _read_json(
+            os.path.join(work_dir, "chosen_kd.json")
+        ),
+        "distillation_choice": _read_json(
+            os.path.join(work_dir, "chosen_distillation.json")
+        ),
         "student_steps": selection.get("converged"),
         "checkpoints_used": selection.get("checkpoint_steps"),
         "chosen": selection.get("chosen"),

@@ -12,6 +12,7 @@ import pytest
 from bertkd_tf.data.teacher_targets import attach_teacher_targets
 from bertkd_tf.models.transformer_backbone import TransformerSeq2SeqBackbone
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq
+from bertkd_tf.operative_config import distillation_settings
 from bertkd_tf.runs import distill
 from tests.dumps import make_dumped_work_dir, tiny_task, tiny_vocabulary
 
@@ -324,3 +325,11 @@ def test_online_distill_through_the_binary_config(work_dir, tiny_corpus):
     assert history[-1]["kd"] < history[0]["kd"] - 0.5, history
     with open(os.path.join(result["output_dir"], "operative_config.gin")) as f:
         assert "TEACHER_TARGETS = 'online'" in f.read()
+    # What tools report as the student's settings (blind_outputs,
+    # choose_distillation): the bound temperature, gin/runs/distill.gin's
+    # alpha and K, each followed from `distill.run.x = %MACRO`.
+    assert distillation_settings(result["output_dir"]) == {
+        "distillation_weight": 0.5,
+        "temperature": 2.0,
+        "top_k": 8,
+    }

@@ -134,10 +134,18 @@ def test_outputs_line_for_line_and_system_json(setup):
     assert system["valid"] == {"bleu": 31.5}
     assert system["checkpoints_used"] == [500]
     assert system["student_steps"]["last_step"] == 2500
-    assert system["soft_targets"] == {"temperature": 2.0, "top_k": 8}
-    # The student's own alpha; no alpha chosen across students yet.
-    assert system["distillation_weight"] == 0.3
-    assert system["alpha_choice"] is None
+    assert system["soft_targets_valid_nll_rule"] == {
+        "temperature": 2.0,
+        "top_k": 8,
+    }
+    # The student's own settings (T and K not in its config here); no
+    # settings chosen across students yet.
+    assert system["distillation"] == {
+        "distillation_weight": 0.3,
+        "temperature": None,
+        "top_k": None,
+    }
+    assert system["distillation_choice"] is None
     assert system["valid_greedy_bleu_curve"] == {"500": {"bleu": 30.0}}
     assert system["stage_wall_times"] == {"teacher": "100 s, commit abc, d"}
     assert len(system["commit"]) == 40
@@ -145,6 +153,26 @@ def test_outputs_line_for_line_and_system_json(setup):
     assert "BEAM_SIZE=5" in system["translate_commands"][0]
     assert "LENGTH_PENALTY=0.6" in system["translate_commands"][0]
     assert set(system["translate_seconds"]) == {"a.de", "b.de"}
+
+
+def test_settings_choice_recorded_once_made(setup):
+    choice = {"tag": "05t10k8", "valid_bleu": {"05": 39.9, "05t10k8": 40.1}}
+    (setup["work"] / "chosen_distillation.json").write_text(json.dumps(choice))
+    (setup["work"] / "base" / "operative_config.gin").write_text(
+        "distill.run.distillation_weight = 0.5\n"
+        "TEMPERATURE = 10.0\ndistill.run.temperature = %TEMPERATURE\n"
+        "distill.run.top_k = 8\n"
+    )
+    assert _run(setup, "distilled_seed0=base_final").returncode == 0
+    system = json.loads(
+        (setup["out"] / "distilled_seed0" / "system.json").read_text()
+    )
+    assert system["distillation_choice"] == choice
+    assert system["distillation"] == {
+        "distillation_weight": 0.5,
+        "temperature": 10.0,
+        "top_k": 8,
+    }
 
 
 def test_rerun_redoes_only_what_is_missing(setup):
