@@ -130,8 +130,8 @@ def main(_):
         "answers), not which student is better: the valid split has 8 "
         "sentences, so their BLEU is noise (it read 0-34 over student seeds "
         "0-3). Whether distillation helps is measured in docs/RESULTS.md, "
-        "'Prove the gain': both students trained to convergence on Multi30k "
-        "over three seeds."
+        "'Prove the gain' (both students trained to convergence on Multi30k, "
+        "made equally long, over seeds): not shown yet; see its status."
     )
     print(
         f"\nArtifacts in {work_dir}: vocab/, teacher/, targets/, baseline/, "
