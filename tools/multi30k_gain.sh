@@ -78,6 +78,12 @@ same_length() {  # seed tag (05) kd_bindings...: both arms of a seed, equally lo
   # both are selected on valid.
   local seed=$1 tag=$2; shift 2
   local base=baseline_seed$seed kd_name=distilled_a${tag}_seed$seed
+  # Done once: a later step of the baseline (made as long as another
+  # candidate) must not send this pair round again on a rerun.
+  local done="$work_dir/.stages/same_length_seed${seed}_a${tag}.done"
+  if [ -f "$done" ]; then
+    echo "multi30k_gain: same_length_seed${seed}_a${tag} already done"; return
+  fi
   # Repeated until both stopped at the same step: an arm that finds a new
   # best while catching up trains on to its plateau again, and the other
   # arm then catches up with it in turn.
@@ -93,6 +99,7 @@ same_length() {  # seed tag (05) kd_bindings...: both arms of a seed, equally lo
   steps=$a
   select_final $base "_at_$steps"
   select_final $kd_name "_at_$steps"
+  echo "both arms at step $steps, commit $commit, $(date -u +%FT%TZ)" > "$done"
 }
 
 run_stage prepare prepare gin/experiments/multi30k_de_en_prepare.gin
