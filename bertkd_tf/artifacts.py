@@ -194,4 +194,3 @@ def load_student(
         student, os.path.join(directory, weights_file), remedy=remedy
     )
     return student
-

@@ -54,7 +54,11 @@ def test_best_valid_bleu_wins_with_its_own_settings(tmp_path):
     assert chosen["model_dir"] == "distilled_a05t10k8_seed0"
     assert (chosen["distillation_weight"], chosen["temperature"]) == (0.5, 10.0)
     assert chosen["top_k"] == 8
-    assert chosen["valid_bleu"] == {"05": 39.97, "05t10k8": 40.8, "01t5k8": 40.8}
+    assert chosen["valid_bleu"] == {
+        "05": 39.97,
+        "05t10k8": 40.8,
+        "01t5k8": 40.8,
+    }
     assert chosen["candidates"]["05"]["settings"] == {
         "distillation_weight": 0.5,
         "temperature": 1.0,
@@ -69,7 +73,9 @@ def test_unselected_candidate_is_one_paragraph_and_writes_nothing(tmp_path):
     work = tmp_path / "work"
     _student(work, "distilled_a05_seed0", 39.97, 0.5, 1.0, 16)
     output = tmp_path / "chosen.json"
-    result = _run(work, output, "05:distilled_a05_seed0", "x:distilled_ax_seed0")
+    result = _run(
+        work, output, "05:distilled_a05_seed0", "x:distilled_ax_seed0"
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]
@@ -85,7 +91,9 @@ def test_malformed_or_repeated_candidates_are_refused(tmp_path):
     bad = _run(work, output, "distilled_a05_seed0")
     assert bad.returncode != 0
     assert "give TAG:MODEL_DIR" in bad.stderr
-    twice = _run(work, output, "05:distilled_a05_seed0", "05:distilled_a05_seed0")
+    twice = _run(
+        work, output, "05:distilled_a05_seed0", "05:distilled_a05_seed0"
+    )
     assert twice.returncode != 0
     assert "each with its own tag" in twice.stderr
     assert not output.exists()

@@ -27,27 +27,32 @@ import json, os, sys
 args = sys.argv[1:]
 if args[0] == "-c" or args[0].endswith("choose_distillation.py"):
     os.execv({python!r}, [{python!r}] + args)
-flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
-bindings = [a.split("=", 1)[1] for a in args if a.startswith("--gin_bindings=")]
+flags = dict(a[2:].split("=", 1) for a in args
+             if a.startswith("--") and "=" in a)
+bindings = [a.split("=", 1)[1] for a in args
+            if a.startswith("--gin_bindings=")]
 scenario = json.load(open(os.environ["SCENARIO"]))
 work = flags.get("work_dir")
 call = {{"tool": os.path.basename(args[0]), "args": args[1:2]}}
 if args[0].endswith("target_stats.py"):
     if "choose_output" in flags:
-        json.dump({{"temperature": 1.0, "top_k": 16}}, open(flags["choose_output"], "w"))
+        json.dump({{"temperature": 1.0, "top_k": 16}},
+                  open(flags["choose_output"], "w"))
 elif args[:2] == ["tools/converge.py", "train"]:
     model = flags["model_dir"]
     minimum = int(flags.get("min_steps", 3000))
-    stop = min([s for s in scenario["stops"][model] if s >= minimum] or [minimum])
+    stops = [s for s in scenario["stops"][model] if s >= minimum]
+    stop = min(stops or [minimum])
     os.makedirs(os.path.join(work, model), exist_ok=True)
-    json.dump({{"last_step": stop}}, open(os.path.join(work, model, "converged.json"), "w"))
+    json.dump({{"last_step": stop}},
+              open(os.path.join(work, model, "converged.json"), "w"))
     with open(os.path.join(work, model, "operative_config.gin"), "w") as f:
         for b in bindings:
             name, value = b.split("=", 1)
             if name in ("DISTILLATION_WEIGHT", "TEMPERATURE", "TOP_K"):
                 f.write(f"distill.run.{{name.lower()}} = {{value}}\\n")
-    call.update(model=model, min_steps=flags.get("min_steps"), bindings=bindings,
-                gin_file=flags["gin_file"], stop=stop)
+    call.update(model=model, min_steps=flags.get("min_steps"),
+                bindings=bindings, gin_file=flags["gin_file"], stop=stop)
 elif args[:2] == ["tools/converge.py", "select"]:
     model = flags["model_dir"]
     os.makedirs(os.path.join(work, model + "_final"), exist_ok=True)
