@@ -110,12 +110,6 @@ def scores(work_dir, model_dir, beam):
         return json.load(f)
 
 
-def _score(value):
-    """A metric's number from `scores.json` (a dict with `score`, or a
-    number)."""
-    return value["score"] if isinstance(value, dict) else value
-
-
 def spread(values):
     """Mean, sample standard deviation (None for one value), min and max."""
     mean = sum(values) / len(values)
@@ -149,9 +143,9 @@ def table(work_dir, tag):
             for beam in BEAMS:
                 result = scores(work_dir, name, beam)
                 for metric in METRICS:
-                    row[f"{arm}_{metric}_beam{beam}"] = _score(
-                        result["metrics"][metric]
-                    )
+                    row[f"{arm}_{metric}_beam{beam}"] = result["metrics"][
+                        metric
+                    ]["score"]
             if abs(row[f"{arm}_bleu_beam5"] - selected) > 0.01:
                 checks.append(
                     f"{name}: evaluate's beam-5 BLEU "
