@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bertkd_tf import plots  # noqa: E402
 from bertkd_tf.atomic_files import write_text_atomic  # noqa: E402
+from bertkd_tf.checksums import read_checksum  # noqa: E402
 from bertkd_tf.errors import MissingArtifactError, MissingInputError  # noqa: E402
 from bertkd_tf.operative_config import distillation_settings  # noqa: E402
 
@@ -122,12 +123,8 @@ def stage_times(work_dir):
 
 def weights_sha256(student_dir):
     """The recorded SHA-256 of the student's final weights (None if none
-    was recorded)."""
-    path = os.path.join(student_dir, "final.weights.h5.sha256")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return f.read().split()[0]
+    was recorded; a damaged record is refused, naming its file)."""
+    return read_checksum(os.path.join(student_dir, "final.weights.h5"))
 
 
 def commit_of(code_dir):
@@ -188,8 +185,8 @@ def write_system(name, model_dir, work_dir, blind_dir, output_dir):
         )
     # Absolute: `translate` runs in --code_dir, not in this directory.
     system_dir = os.path.abspath(os.path.join(output_dir, name))
-    os.makedirs(system_dir, exist_ok=True)
     weights = weights_sha256(student_dir)
+    os.makedirs(system_dir, exist_ok=True)
     previous = _read_json(os.path.join(system_dir, SYSTEM_FILE)) or {}
     # Outputs of other weights (the student was selected again, or the
     # record predates the checksum) are all translated again.

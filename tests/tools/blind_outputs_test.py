@@ -192,11 +192,11 @@ def test_rerun_redoes_only_what_is_missing(setup):
 
 def test_new_weights_redo_everything_and_old_outputs_keep_their_commit(setup):
     sha = setup["work"] / "base_final" / "final.weights.h5.sha256"
-    sha.write_text("aaa  final.weights.h5\n")
+    sha.write_text("a" * 64 + "  final.weights.h5\n")
     assert _run(setup, "baseline_seed0=base_final").returncode == 0
     record = setup["out"] / "baseline_seed0" / "system.json"
     system = json.loads(record.read_text())
-    assert system["weights_sha256"] == "aaa"
+    assert system["weights_sha256"] == "a" * 64
     assert set(system["translate_commits"]) == {"a.de", "b.de"}
     # Outputs translated by another checkout, then a rerun that redoes
     # nothing: the record keeps the checkout that made them.
@@ -206,13 +206,23 @@ def test_new_weights_redo_everything_and_old_outputs_keep_their_commit(setup):
     assert _calls(setup) == ["a.de", "b.de"]
     assert json.loads(record.read_text())["commit"] == "f" * 40
     # The student selected again (other weights): every file again.
-    sha.write_text("bbb  final.weights.h5\n")
+    sha.write_text("b" * 64 + "  final.weights.h5\n")
     assert _run(setup, "baseline_seed0=base_final").returncode == 0
     assert _calls(setup) == ["a.de", "b.de", "a.de", "b.de"]
     system = json.loads(record.read_text())
-    assert system["weights_sha256"] == "bbb"
+    assert system["weights_sha256"] == "b" * 64
     assert system["commit"] != "f" * 40
     assert set(system["translate_commits"].values()) == {system["commit"]}
+
+
+def test_damaged_weights_checksum_is_refused_naming_its_file(setup):
+    sha = setup["work"] / "base_final" / "final.weights.h5.sha256"
+    sha.write_text("not a digest\n")
+    result = _run(setup, "baseline_seed0=base_final")
+    assert result.returncode != 0
+    assert str(sha) in result.stderr
+    assert "is damaged" in result.stderr
+    assert not (setup["out"] / "baseline_seed0").exists()
 
 
 def test_short_output_is_refused_and_not_renamed(setup):
