@@ -6,11 +6,19 @@
 #
 #   nohup nice -n 10 tools/multi30k_gain.sh DATA_DIR WORK_DIR > WORK_DIR/driver.log 2>&1 &
 #
+# A second lane may run beside it: `tools/multi30k_gain.sh DATA_DIR WORK_DIR
+# baselines` trains only the baselines of seeds 1 and 2 (they do not depend
+# on the distillation settings chosen on seed 0). A stage runs in one lane at
+# a time (WORK_DIR/.stages/<stage>.lock): the other lane waits for it and
+# then finds it done.
+#
 # A finished stage leaves WORK_DIR/.stages/<stage>.done with its wall time and
 # the commit it ran from.
 set -euo pipefail
-if [ $# -lt 2 ]; then sed -n '2,10p' "$0"; exit 2; fi
-data_dir=$(cd "$1" && pwd) work_dir=$2
+usage() { sed -n '2,16p' "$0"; exit 2; }
+case $# in 2 | 3) ;; *) usage ;; esac
+case ${3:-all} in all | baselines) ;; *) usage ;; esac
+data_dir=$(cd "$1" && pwd) work_dir=$2 lane=${3:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bertkd=${BERTKD:-$root/.venv/bin/bertkd}
 G=gin/experiments/multi30k_gain
@@ -18,10 +26,22 @@ cd "$root"
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 mkdir -p "$work_dir/.stages"
 
+lock_stage() {  # name: hold the stage's lock, waiting while another lane
+  # runs it (the lock goes with this process and its children)
+  exec {lock_fd}>"$work_dir/.stages/$1.lock"
+  if ! flock -n "$lock_fd"; then
+    echo "multi30k_gain: $1 is running in another lane; waiting for it"
+    flock "$lock_fd"
+  fi
+}
+
+unlock_stage() { exec {lock_fd}>&-; }
+
 run_stage() {  # name mode gin_file [extra bindings...]
   local name=$1 mode=$2 gin_file=$3; shift 3
+  lock_stage "$name"
   if [ -f "$work_dir/.stages/$name.done" ]; then
-    echo "multi30k_gain: $name already done"; return
+    echo "multi30k_gain: $name already done"; unlock_stage; return
   fi
   echo "multi30k_gain: $name ($mode, $gin_file) from $commit at $(date -u +%FT%TZ)"
   local start=$SECONDS
@@ -29,6 +49,7 @@ run_stage() {  # name mode gin_file [extra bindings...]
   for b in "$@"; do bindings+=(--gin_bindings="$b"); done
   "$bertkd" --mode="$mode" --gin_file="$gin_file" "${bindings[@]}"
   echo "$((SECONDS - start)) s, commit $commit, $(date -u +%FT%TZ)" > "$work_dir/.stages/$name.done"
+  unlock_stage
 }
 
 py=$(dirname "$bertkd")/python
@@ -36,13 +57,15 @@ task_gin=gin/tasks/multi30k_de_en.gin
 
 run_tool() {  # name command...: a python step, skipped once done
   local name=$1; shift
+  lock_stage "$name"
   if [ -f "$work_dir/.stages/$name.done" ]; then
-    echo "multi30k_gain: $name already done"; return
+    echo "multi30k_gain: $name already done"; unlock_stage; return
   fi
   echo "multi30k_gain: $name from $commit at $(date -u +%FT%TZ): $*"
   local start=$SECONDS
   "$@"
   echo "$((SECONDS - start)) s, commit $commit, $(date -u +%FT%TZ)" > "$work_dir/.stages/$name.done"
+  unlock_stage
 }
 
 json_value() {  # file key
@@ -103,6 +126,10 @@ same_length() {  # seed tag (05) kd_bindings...: both arms of a seed, equally lo
 }
 
 run_stage prepare prepare gin/experiments/multi30k_de_en_prepare.gin
+if [ "$lane" = baselines ]; then
+  for seed in 1 2; do train baseline_seed$seed "$G/baseline.gin" $seed; done
+  echo "multi30k_gain: the baselines lane is done in $work_dir"; exit 0
+fi
 run_stage teacher train_teacher "$G/teacher.gin"
 run_stage dump dump_teacher "$G/dump.gin"
 run_stage dump_valid dump_teacher "$G/dump.gin" "dump_teacher.run.split='valid'" "TOP_K=64"

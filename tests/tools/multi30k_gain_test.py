@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 # steps >= N (its plateau after N; at N if none is), and its selection scores
 # its BLEU.
 FAKE_PYTHON = """#!{python}
-import json, os, sys
+import json, os, sys, time
 args = sys.argv[1:]
 if args[0] == "-c" or args[0].endswith("choose_distillation.py"):
     os.execv({python!r}, [{python!r}] + args)
@@ -43,6 +44,9 @@ elif args[:2] == ["tools/converge.py", "train"]:
     minimum = int(flags.get("min_steps", 3000))
     stops = [s for s in scenario["stops"][model] if s >= minimum]
     stop = min(stops or [minimum])
+    release = scenario.get("held_until", {{}}).get(model)
+    while release and not os.path.exists(release):
+        time.sleep(0.05)
     os.makedirs(os.path.join(work, model), exist_ok=True)
     json.dump({{"last_step": stop}},
               open(os.path.join(work, model, "converged.json"), "w"))
@@ -96,35 +100,43 @@ SCENARIO = {
 }
 
 
-def _run(tmp_path):
+def _driver(tmp_path, *lane, scenario=SCENARIO, calls="calls.jsonl"):
+    """The driver's command and environment with the fakes; each call of a
+    fake is logged to tmp_path/<calls>."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in (("python", FAKE_PYTHON), ("bertkd", FAKE_BERTKD)):
         (bin_dir / name).write_text(text.format(python=sys.executable))
         (bin_dir / name).chmod(0o755)
-    (tmp_path / "scenario.json").write_text(json.dumps(SCENARIO))
+    (tmp_path / "scenario.json").write_text(json.dumps(scenario))
     (tmp_path / "data").mkdir(exist_ok=True)
-    calls = tmp_path / "calls.jsonl"
-    if calls.exists():
-        calls.unlink()
+    if (tmp_path / calls).exists():
+        (tmp_path / calls).unlink()
     env = dict(
         os.environ,
         BERTKD=str(bin_dir / "bertkd"),
         SCENARIO=str(tmp_path / "scenario.json"),
-        CALLS=str(calls),
+        CALLS=str(tmp_path / calls),
         PYTHONPATH=REPO,
     )
+    command = ["bash", SCRIPT, str(tmp_path / "data"), str(tmp_path / "work")]
+    return command + list(lane), env
+
+
+def _calls(tmp_path, calls="calls.jsonl"):
+    path = tmp_path / calls
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _run(tmp_path):
+    command, env = _driver(tmp_path)
     result = subprocess.run(
-        ["bash", SCRIPT, str(tmp_path / "data"), str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        command, capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    if not calls.exists():
-        return result, []
-    return result, [json.loads(x) for x in calls.read_text().splitlines()]
+    return result, _calls(tmp_path)
 
 
 def _trains(calls):
@@ -230,3 +242,62 @@ def test_stage_order_equal_length_and_chosen_settings(tmp_path):
     assert calls == []
     assert "multi30k_gain: choose_distillation already done" in result.stdout
     assert "same_length_seed0_a05 already done" in result.stdout
+
+
+def _wait_for(predicate, processes):
+    deadline = time.time() + 120
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        assert all(p.poll() is None for p in processes), "a lane stopped"
+        time.sleep(0.05)
+
+
+def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
+    # The seed-1 baseline trains in the second lane until the main lane has
+    # reached that stage and waits for it; then the main lane finds it done.
+    release = tmp_path / "release"
+    scenario = dict(SCENARIO, held_until={"baseline_seed1": str(release)})
+    command, env = _driver(tmp_path, "baselines", scenario=scenario)
+    lane_log = tmp_path / "lane.log"
+    lane = subprocess.Popen(
+        command, stdout=lane_log.open("w"), stderr=subprocess.STDOUT, env=env
+    )
+    stages = tmp_path / "work" / ".stages"
+    _wait_for(lambda: (stages / "prepare.done").exists(), [lane])
+    command, env = _driver(tmp_path, scenario=scenario, calls="main.jsonl")
+    main_log = tmp_path / "main.log"
+    main = subprocess.Popen(
+        command, stdout=main_log.open("w"), stderr=subprocess.STDOUT, env=env
+    )
+    waiting = "multi30k_gain: baseline_seed1 is running in another lane; wait"
+    _wait_for(lambda: waiting in main_log.read_text(), [lane, main])
+    assert not (stages / "baseline_seed1.done").exists()
+    release.touch()
+    assert lane.wait(timeout=120) == 0, lane_log.read_text()
+    assert main.wait(timeout=120) == 0, main_log.read_text()
+    assert "the baselines lane is done" in lane_log.read_text()
+    assert [c["mode"] for c in _calls(tmp_path) if c["tool"] == "bertkd"] == [
+        "prepare"
+    ]
+    assert _trains(_calls(tmp_path)) == [
+        ("baseline_seed1", None, 6000),
+        ("baseline_seed2", None, 7000),
+    ]
+    main_out = main_log.read_text()
+    assert "multi30k_gain: baseline_seed1 already done" in main_out
+    assert "multi30k_gain: baseline_seed2 already done" in main_out
+    assert "all stages of this commit done" in main_out
+    trains = _trains(_calls(tmp_path, "main.jsonl"))
+    assert ("baseline_seed1", None, 6000) not in trains
+    assert ("baseline_seed2", None, 7000) not in trains
+    # Equal length still makes the baseline as long as its distilled arm.
+    assert ("baseline_seed1", 8000, 8000) in trains
+    assert ("baseline_seed2", 7000, 7000) in trains
+
+
+def test_an_unknown_lane_is_refused_with_the_usage(tmp_path):
+    command, env = _driver(tmp_path, "teachers")
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "tools/multi30k_gain.sh DATA_DIR WORK_DIR" in result.stdout
+    assert not (tmp_path / "work").exists()
