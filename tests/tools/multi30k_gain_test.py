@@ -2,7 +2,8 @@
 `bertkd` and a fake `python` for its tools: the stage order, both arms of a
 seed made equally long (repeated until they stop at the same step), the
 seed-0 candidates with their own settings, the chosen one trained for seeds
-1 and 2, and a rerun that redoes nothing."""
+1 and 2, a rerun that redoes nothing, and the baselines lane beside the
+main lane (a stage runs in one lane at a time)."""
 
 import json
 import os
@@ -252,7 +253,7 @@ def _wait_for(predicate, processes):
         time.sleep(0.05)
 
 
-def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
+def _both_lanes(tmp_path, started):
     # The seed-1 baseline trains in the second lane until the main lane has
     # reached that stage and waits for it; then the main lane finds it done.
     release = tmp_path / "release"
@@ -262,6 +263,7 @@ def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
     lane = subprocess.Popen(
         command, stdout=lane_log.open("w"), stderr=subprocess.STDOUT, env=env
     )
+    started.append(lane)
     stages = tmp_path / "work" / ".stages"
     _wait_for(lambda: (stages / "prepare.done").exists(), [lane])
     command, env = _driver(tmp_path, scenario=scenario, calls="main.jsonl")
@@ -269,6 +271,7 @@ def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
     main = subprocess.Popen(
         command, stdout=main_log.open("w"), stderr=subprocess.STDOUT, env=env
     )
+    started.append(main)
     waiting = "multi30k_gain: baseline_seed1 is running in another lane; wait"
     _wait_for(lambda: waiting in main_log.read_text(), [lane, main])
     assert not (stages / "baseline_seed1.done").exists()
@@ -293,6 +296,17 @@ def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
     # Equal length still makes the baseline as long as its distilled arm.
     assert ("baseline_seed1", 8000, 8000) in trains
     assert ("baseline_seed2", 7000, 7000) in trains
+
+
+def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
+    started = []
+    try:
+        _both_lanes(tmp_path, started)
+    finally:
+        (tmp_path / "release").touch()  # a failed check leaves none waiting
+        for process in started:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_an_unknown_lane_is_refused_with_the_usage(tmp_path):
