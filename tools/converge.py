@@ -149,6 +149,19 @@ class Scorer:
         }
 
 
+def steps_to_score(model_dir, checkpoints, curve, every):
+    """The checkpoints to score now: one every `every` steps, not scored
+    yet. None while the student has no `student_config.json`: a first
+    `distill` call killed after its first checkpoint left checkpoints but not
+    the architecture (written when a call ends), so the next call resumes
+    from them and they are scored after it."""
+    if not os.path.exists(os.path.join(model_dir, artifacts.STUDENT_CONFIG)):
+        return []
+    return sorted(
+        s for s in checkpoints if s % every == 0 and str(s) not in curve
+    )
+
+
 def train(task):
     work_dir, name = WORK_DIR.value, MODEL_DIR.value
     model_dir = os.path.join(work_dir, name)
@@ -157,11 +170,7 @@ def train(task):
     while True:
         curve = _read_json(curve_path, {})
         checkpoints = checkpoint_steps(model_dir)
-        new = sorted(
-            s
-            for s in checkpoints
-            if s % EVERY.value == 0 and str(s) not in curve
-        )
+        new = steps_to_score(model_dir, checkpoints, curve, EVERY.value)
         if new and scorer is None:
             scorer = Scorer(work_dir, model_dir, task)
         for step in new:
