@@ -149,17 +149,28 @@ class Scorer:
         }
 
 
-def steps_to_score(model_dir, checkpoints, curve, every):
-    """The checkpoints to score now: one every `every` steps, not scored
-    yet. None while the student has no `student_config.json`: a first
-    `distill` call killed after its first checkpoint left checkpoints but not
-    the architecture (written when a call ends), so the next call resumes
-    from them and they are scored after it."""
-    if not os.path.exists(os.path.join(model_dir, artifacts.STUDENT_CONFIG)):
-        return []
+def has_architecture(model_dir):
+    """Whether the student's `student_config.json` exists. A `distill` call
+    writes it when it ends, so a first call killed after a checkpoint leaves
+    checkpoints without it: they cannot be scored (nor the run judged) until
+    that call is run to its end."""
+    return os.path.exists(os.path.join(model_dir, artifacts.STUDENT_CONFIG))
+
+
+def steps_to_score(checkpoints, curve, every):
+    """The checkpoints to score: one every `every` steps, not scored yet."""
     return sorted(
         s for s in checkpoints if s % every == 0 and str(s) not in curve
     )
+
+
+def next_target(last, chunk, architecture):
+    """The step the next `distill` call trains to: the chunk after `last`;
+    without the architecture, the chunk the killed first call was in (it
+    ends there, writing the architecture, also when `last` is its end)."""
+    if architecture:
+        return (last // chunk + 1) * chunk
+    return max(chunk, -(-last // chunk) * chunk)
 
 
 def train(task):
@@ -170,7 +181,10 @@ def train(task):
     while True:
         curve = _read_json(curve_path, {})
         checkpoints = checkpoint_steps(model_dir)
-        new = steps_to_score(model_dir, checkpoints, curve, EVERY.value)
+        architecture = has_architecture(model_dir)
+        new = steps_to_score(checkpoints, curve, EVERY.value)
+        if not architecture:
+            new = []
         if new and scorer is None:
             scorer = Scorer(work_dir, model_dir, task)
         for step in new:
@@ -181,7 +195,7 @@ def train(task):
             logging.info("%s step %d: %s", name, step, curve[str(step)])
         best, stopped = plateau(curve, PATIENCE.value, MIN_STEPS.value)
         last = max(checkpoints, default=0)
-        if stopped or last >= MAX_STEPS.value:
+        if architecture and (stopped or last >= MAX_STEPS.value):
             result = {
                 "reason": "plateau" if stopped else "max_steps",
                 "best_step": best,
@@ -193,7 +207,7 @@ def train(task):
             _write_json(os.path.join(model_dir, CONVERGED_FILE), result)
             print(json.dumps(result))
             return result
-        target = (last // CHUNK.value + 1) * CHUNK.value
+        target = next_target(last, CHUNK.value, architecture)
         command = [
             BERTKD.value,
             "--mode=distill",

@@ -19,12 +19,19 @@ KILLING_BERTKD = load_tool("fault_sweep").KILLING_BERTKD
 
 pytestmark = pytest.mark.slow
 
-# `bertkd` whose first call kills itself at step 7 (after the checkpoint at
-# step 5); every later call is the real one.
+# `bertkd` whose first call kills itself at step $KILL_AT_STEP, or with
+# KILL_AT_STEP=end after its last checkpoint and before its final weights
+# and architecture (the call runs, then they are removed); every later call
+# is the real one.
 BERTKD = """#!/bin/sh
 if [ ! -e "$FIRST_CALL_DONE" ]; then
   touch "$FIRST_CALL_DONE"
-  KILL_AT_STEP=7 exec {python} -c "$KILLING_BERTKD" "$@"
+  if [ "$KILL_AT_STEP" = end ]; then
+    {python} -m bertkd_tf.main "$@" || exit 1
+    rm "$MODEL_DIR/student_config.json" "$MODEL_DIR"/final.weights.h5*
+    kill -9 $$
+  fi
+  exec {python} -c "$KILLING_BERTKD" "$@"
 fi
 exec {python} -m bertkd_tf.main "$@"
 """
@@ -57,12 +64,23 @@ def _converge(tmp_path, corpus, bertkd, env):
     )
 
 
-def test_first_call_killed_after_a_checkpoint_resumes(tmp_path, tiny_corpus):
+@pytest.mark.parametrize(
+    "kill_at, checkpoints",
+    [
+        (7, ["ckpt-5"]),  # inside the chunk, after its first checkpoint
+        ("end", ["ckpt-10", "ckpt-5"]),  # after its last one, before it ended
+    ],
+)
+def test_first_call_killed_after_a_checkpoint_resumes(
+    tmp_path, tiny_corpus, kill_at, checkpoints
+):
     env = {
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "KILLING_BERTKD": KILLING_BERTKD,
         "FIRST_CALL_DONE": str(tmp_path / "first_call_done"),
+        "KILL_AT_STEP": str(kill_at),
+        "MODEL_DIR": str(tmp_path / "work" / "base"),
         "PYTHONPATH": ROOT,
     }
     prepare = subprocess.run(
@@ -96,7 +114,11 @@ def test_first_call_killed_after_a_checkpoint_resumes(tmp_path, tiny_corpus):
     killed = _converge(tmp_path, tiny_corpus, bertkd, env)
     assert killed.returncode != 0
     # The state a kill can leave: a checkpoint, but no architecture yet.
-    assert (model_dir / "checkpoints" / "ckpt-5.index").exists()
+    kept = sorted(
+        p.name[: -len(".index")]
+        for p in (model_dir / "checkpoints").glob("*.index")
+    )
+    assert kept == checkpoints
     assert not (model_dir / "student_config.json").exists()
     assert not (model_dir / "valid_bleu.json").exists()
 
