@@ -182,9 +182,11 @@ def train(task):
         curve = _read_json(curve_path, {})
         checkpoints = checkpoint_steps(model_dir)
         architecture = has_architecture(model_dir)
-        new = steps_to_score(checkpoints, curve, EVERY.value)
-        if not architecture:
-            new = []
+        new = (
+            steps_to_score(checkpoints, curve, EVERY.value)
+            if architecture
+            else []
+        )
         if new and scorer is None:
             scorer = Scorer(work_dir, model_dir, task)
         for step in new:

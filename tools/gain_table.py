@@ -22,9 +22,9 @@ split is read.
 """
 
 import json
-import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -112,13 +112,12 @@ def scores(work_dir, model_dir, beam):
 
 def spread(values):
     """Mean, sample standard deviation (None for one value), min and max."""
-    mean = sum(values) / len(values)
-    sd = (
-        math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        if len(values) > 1
-        else None
-    )
-    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def table(work_dir, tag):
