@@ -7,17 +7,18 @@
 #   nohup nice -n 10 tools/multi30k_gain.sh DATA_DIR WORK_DIR > WORK_DIR/driver.log 2>&1 &
 #
 # A second lane may run beside it: `tools/multi30k_gain.sh DATA_DIR WORK_DIR
-# baselines` trains only the baselines of seeds 1 and 2 (they do not depend
-# on the distillation settings chosen on seed 0). A stage runs in one lane at
-# a time (WORK_DIR/.stages/<stage>.lock): the other lane waits for it and
-# then finds it done.
-#
-# A finished stage leaves WORK_DIR/.stages/<stage>.done with its wall time and
-# the commit it ran from.
+# second` trains the baselines of seeds 1 and 2 (they do not depend on the
+# distillation settings chosen on seed 0), then waits for the main lane's
+# choice (polling every $MULTI30K_GAIN_POLL_S seconds, 60 by default) and
+# trains seed 2's distilled student and the seed's equal-length step, while
+# the main lane does seed 1. A stage runs in one lane at a time
+# (WORK_DIR/.stages/<stage>.lock): the other lane waits for it and then
+# finds it done. A finished stage leaves WORK_DIR/.stages/<stage>.done with
+# its wall time and the commit it ran from.
 set -euo pipefail
 usage() { sed -n '2,16p' "$0"; exit 2; }
 case $# in 2 | 3) ;; *) usage ;; esac
-case ${3:-all} in all | baselines) ;; *) usage ;; esac
+case ${3:-all} in all | second) ;; *) usage ;; esac
 data_dir=$(cd "$1" && pwd) work_dir=$2 lane=${3:-all}
 root=$(cd "$(dirname "$0")/.." && pwd)
 bertkd=${BERTKD:-$root/.venv/bin/bertkd}
@@ -26,16 +27,24 @@ cd "$root"
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 mkdir -p "$work_dir/.stages"
 
+lock_fds=()
 lock_stage() {  # name: hold the stage's lock, waiting while another lane
-  # runs it (the lock goes with this process and its children)
-  exec {lock_fd}>"$work_dir/.stages/$1.lock"
-  if ! flock -n "$lock_fd"; then
+  # runs it (the lock goes with this process and its children; locks nest:
+  # unlock_stage releases the last one taken)
+  local fd
+  exec {fd}>"$work_dir/.stages/$1.lock"
+  lock_fds+=("$fd")
+  if ! flock -n "$fd"; then
     echo "multi30k_gain: $1 is running in another lane; waiting for it"
-    flock "$lock_fd"
+    flock "$fd"
   fi
 }
 
-unlock_stage() { exec {lock_fd}>&-; }
+unlock_stage() {
+  local fd=${lock_fds[-1]}
+  unset 'lock_fds[-1]'
+  exec {fd}>&-
+}
 
 run_stage() {  # name mode gin_file [extra bindings...]
   local name=$1 mode=$2 gin_file=$3; shift 3
@@ -103,9 +112,13 @@ same_length() {  # seed tag (05) kd_bindings...: both arms of a seed, equally lo
   local base=baseline_seed$seed kd_name=distilled_a${tag}_seed$seed
   # Done once: a later step of the baseline (made as long as another
   # candidate) must not send this pair round again on a rerun.
-  local done="$work_dir/.stages/same_length_seed${seed}_a${tag}.done"
+  local name=same_length_seed${seed}_a${tag}
+  local done="$work_dir/.stages/$name.done"
+  # One lane at a time: two lanes in the loop below could otherwise train
+  # the same student towards two different steps at once.
+  lock_stage "$name"
   if [ -f "$done" ]; then
-    echo "multi30k_gain: same_length_seed${seed}_a${tag} already done"; return
+    echo "multi30k_gain: $name already done"; unlock_stage; return
   fi
   # Repeated until both stopped at the same step: an arm that finds a new
   # best while catching up trains on to its plateau again, and the other
@@ -123,12 +136,20 @@ same_length() {  # seed tag (05) kd_bindings...: both arms of a seed, equally lo
   select_final $base "_at_$steps"
   select_final $kd_name "_at_$steps"
   echo "both arms at step $steps, commit $commit, $(date -u +%FT%TZ)" > "$done"
+  unlock_stage
 }
 
 run_stage prepare prepare gin/experiments/multi30k_de_en_prepare.gin
-if [ "$lane" = baselines ]; then
+if [ "$lane" = second ]; then
   for seed in 1 2; do train baseline_seed$seed "$G/baseline.gin" $seed; done
-  echo "multi30k_gain: the baselines lane is done in $work_dir"; exit 0
+  # The stages up to the choice are the main lane's; they are all done
+  # once it has chosen.
+  if [ ! -f "$work_dir/.stages/choose_distillation.done" ]; then
+    echo "multi30k_gain: waiting for the main lane to choose the distillation settings on seed 0"
+    while [ ! -f "$work_dir/.stages/choose_distillation.done" ]; do
+      sleep "${MULTI30K_GAIN_POLL_S:-60}"
+    done
+  fi
 fi
 run_stage teacher train_teacher "$G/teacher.gin"
 run_stage dump dump_teacher "$G/dump.gin"
@@ -165,19 +186,26 @@ declare -A candidate=(
   [01t5k8]="DISTILLATION_WEIGHT=0.1 TEMPERATURE=5.0 TOP_K=8"
 )
 
-train baseline_seed0 "$G/baseline.gin" 0
-train distilled_a05_seed0 "$G/distill.gin" 0 ${candidate[05]}
-same_length 0 05 ${candidate[05]}
-for tag in 05t10k8 01t5k8; do
-  train distilled_a${tag}_seed0 "$G/distill.gin" 0 ${candidate[$tag]}
-  select_final distilled_a${tag}_seed0
-done
-run_tool choose_distillation "$py" tools/choose_distillation.py \
-  --work_dir="$work_dir" --output="$work_dir/chosen_distillation.json" \
-  --candidate=05:distilled_a05_seed0 --candidate=05t10k8:distilled_a05t10k8_seed0 \
-  --candidate=01t5k8:distilled_a01t5k8_seed0
+if [ "$lane" = all ]; then
+  train baseline_seed0 "$G/baseline.gin" 0
+  train distilled_a05_seed0 "$G/distill.gin" 0 ${candidate[05]}
+  same_length 0 05 ${candidate[05]}
+  for tag in 05t10k8 01t5k8; do
+    train distilled_a${tag}_seed0 "$G/distill.gin" 0 ${candidate[$tag]}
+    select_final distilled_a${tag}_seed0
+  done
+  run_tool choose_distillation "$py" tools/choose_distillation.py \
+    --work_dir="$work_dir" --output="$work_dir/chosen_distillation.json" \
+    --candidate=05:distilled_a05_seed0 --candidate=05t10k8:distilled_a05t10k8_seed0 \
+    --candidate=01t5k8:distilled_a01t5k8_seed0
+fi
 tag=$(json_value "$work_dir/chosen_distillation.json" tag)
 kd=(${candidate[$tag]})
+if [ "$lane" = second ]; then
+  train distilled_a${tag}_seed2 "$G/distill.gin" 2 "${kd[@]}"
+  same_length 2 "$tag" "${kd[@]}"
+  echo "multi30k_gain: the second lane is done in $work_dir"; exit 0
+fi
 # Seed 0 at the chosen settings (nothing to do for a05), then seeds 1 and 2
 # of both arms, each made equally long.
 same_length 0 "$tag" "${kd[@]}"

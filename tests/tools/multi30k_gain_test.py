@@ -2,8 +2,9 @@
 `bertkd` and a fake `python` for its tools: the stage order, both arms of a
 seed made equally long (repeated until they stop at the same step), the
 seed-0 candidates with their own settings, the chosen one trained for seeds
-1 and 2, a rerun that redoes nothing, and the baselines lane beside the
-main lane (a stage runs in one lane at a time)."""
+1 and 2, a rerun that redoes nothing, and the second lane beside the main
+lane (the seed-1/2 baselines, then seed 2 once the settings are chosen; a
+stage runs in one lane at a time)."""
 
 import json
 import os
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.slow
 # train` and `converge.py select` are played from the scenario in $SCENARIO:
 # a student trained with --min_steps=N stops at the first of its stopping
 # steps >= N (its plateau after N; at N if none is), and its selection scores
-# its BLEU.
+# its BLEU. A call named in "held_until" ("model", or "model@N" for the call
+# with --min_steps=N) waits until the file named there exists.
 FAKE_PYTHON = """#!{python}
 import json, os, sys, time
 args = sys.argv[1:]
@@ -45,7 +47,8 @@ elif args[:2] == ["tools/converge.py", "train"]:
     minimum = int(flags.get("min_steps", 3000))
     stops = [s for s in scenario["stops"][model] if s >= minimum]
     stop = min(stops or [minimum])
-    release = scenario.get("held_until", {{}}).get(model)
+    held = scenario.get("held_until", {{}})
+    release = held.get(f"{{model}}@{{flags.get('min_steps')}}", held.get(model))
     while release and not os.path.exists(release):
         time.sleep(0.05)
     os.makedirs(os.path.join(work, model), exist_ok=True)
@@ -101,6 +104,36 @@ SCENARIO = {
 }
 
 
+# Every training call of the scenario, in the order one lane makes them.
+TRAINS = [
+    ("baseline_seed0", None, 5000),
+    ("distilled_a05_seed0", None, 9000),
+    # Equal length: to the longer arm's 9,000; the baseline found a new
+    # best on the way (11,000), so the distilled arm goes to 11,000 too.
+    ("baseline_seed0", 9000, 11000),
+    ("distilled_a05_seed0", 9000, 9000),
+    ("baseline_seed0", 11000, 11000),
+    ("distilled_a05_seed0", 11000, 11000),
+    # The paper's two settings, each on its own plateau.
+    ("distilled_a05t10k8_seed0", None, 8000),
+    ("distilled_a01t5k8_seed0", None, 7000),
+    # The winner (valid BLEU 40.9) made as long as the baseline (whose
+    # stage to 11,000 is done already): it goes on to 12,000, and so
+    # does the baseline.
+    ("distilled_a01t5k8_seed0", 11000, 12000),
+    ("baseline_seed0", 12000, 12000),
+    ("distilled_a01t5k8_seed0", 12000, 12000),
+    ("baseline_seed1", None, 6000),
+    ("distilled_a01t5k8_seed1", None, 8000),
+    ("baseline_seed1", 8000, 8000),
+    ("distilled_a01t5k8_seed1", 8000, 8000),
+    ("baseline_seed2", None, 7000),
+    ("distilled_a01t5k8_seed2", None, 7000),
+    ("baseline_seed2", 7000, 7000),
+    ("distilled_a01t5k8_seed2", 7000, 7000),
+]
+
+
 def _driver(tmp_path, *lane, scenario=SCENARIO, calls="calls.jsonl"):
     """The driver's command and environment with the fakes; each call of a
     fake is logged to tmp_path/<calls>."""
@@ -119,6 +152,7 @@ def _driver(tmp_path, *lane, scenario=SCENARIO, calls="calls.jsonl"):
         SCENARIO=str(tmp_path / "scenario.json"),
         CALLS=str(tmp_path / calls),
         PYTHONPATH=REPO,
+        MULTI30K_GAIN_POLL_S="0.05",
     )
     command = ["bash", SCRIPT, str(tmp_path / "data"), str(tmp_path / "work")]
     return command + list(lane), env
@@ -156,33 +190,7 @@ def test_stage_order_equal_length_and_chosen_settings(tmp_path):
         "dump_teacher",
         "dump_teacher",
     ]
-    assert _trains(calls) == [
-        ("baseline_seed0", None, 5000),
-        ("distilled_a05_seed0", None, 9000),
-        # Equal length: to the longer arm's 9,000; the baseline found a new
-        # best on the way (11,000), so the distilled arm goes to 11,000 too.
-        ("baseline_seed0", 9000, 11000),
-        ("distilled_a05_seed0", 9000, 9000),
-        ("baseline_seed0", 11000, 11000),
-        ("distilled_a05_seed0", 11000, 11000),
-        # The paper's two settings, each on its own plateau.
-        ("distilled_a05t10k8_seed0", None, 8000),
-        ("distilled_a01t5k8_seed0", None, 7000),
-        # The winner (valid BLEU 40.9) made as long as the baseline (whose
-        # stage to 11,000 is done already): it goes on to 12,000, and so
-        # does the baseline.
-        ("distilled_a01t5k8_seed0", 11000, 12000),
-        ("baseline_seed0", 12000, 12000),
-        ("distilled_a01t5k8_seed0", 12000, 12000),
-        ("baseline_seed1", None, 6000),
-        ("distilled_a01t5k8_seed1", None, 8000),
-        ("baseline_seed1", 8000, 8000),
-        ("distilled_a01t5k8_seed1", 8000, 8000),
-        ("baseline_seed2", None, 7000),
-        ("distilled_a01t5k8_seed2", None, 7000),
-        ("baseline_seed2", 7000, 7000),
-        ("distilled_a01t5k8_seed2", 7000, 7000),
-    ]
+    assert _trains(calls) == TRAINS
     selects = [c["model"] for c in calls if c.get("args") == ["select"]]
     assert selects == [
         "baseline_seed0",
@@ -254,56 +262,82 @@ def _wait_for(predicate, processes):
 
 
 def _both_lanes(tmp_path, started):
-    # The seed-1 baseline trains in the second lane until the main lane has
-    # reached that stage and waits for it; then the main lane finds it done.
-    release = tmp_path / "release"
-    scenario = dict(SCENARIO, held_until={"baseline_seed1": str(release)})
-    command, env = _driver(tmp_path, "baselines", scenario=scenario)
+    # The second lane trains the seed-1/2 baselines alone, then waits for
+    # the main lane's choice; its seed-2 distilled student is held until the
+    # main lane has reached that stage and waits for it.
+    release, release_equal = tmp_path / "release", tmp_path / "release_equal"
+    scenario = dict(
+        SCENARIO,
+        held_until={
+            "distilled_a01t5k8_seed2": str(release),
+            "baseline_seed2@7000": str(release_equal),
+        },
+    )
+    command, env = _driver(tmp_path, "second", scenario=scenario)
     lane_log = tmp_path / "lane.log"
     lane = subprocess.Popen(
         command, stdout=lane_log.open("w"), stderr=subprocess.STDOUT, env=env
     )
     started.append(lane)
-    stages = tmp_path / "work" / ".stages"
-    _wait_for(lambda: (stages / "prepare.done").exists(), [lane])
+    waiting = "waiting for the main lane to choose the distillation settings"
+    _wait_for(lambda: waiting in lane_log.read_text(), [lane])
+    time.sleep(0.3)  # polling: nothing more happens until the choice
+    assert _trains(_calls(tmp_path)) == [
+        ("baseline_seed1", None, 6000),
+        ("baseline_seed2", None, 7000),
+    ]
     command, env = _driver(tmp_path, scenario=scenario, calls="main.jsonl")
     main_log = tmp_path / "main.log"
     main = subprocess.Popen(
         command, stdout=main_log.open("w"), stderr=subprocess.STDOUT, env=env
     )
     started.append(main)
-    waiting = "multi30k_gain: baseline_seed1 is running in another lane; wait"
+    waiting = "distilled_a01t5k8_seed2 is running in another lane; waiting"
     _wait_for(lambda: waiting in main_log.read_text(), [lane, main])
-    assert not (stages / "baseline_seed1.done").exists()
+    assert not (tmp_path / "work/.stages/distilled_a01t5k8_seed2.done").exists()
     release.touch()
+    # Seed 2's equal-length step runs in one lane while the other waits for
+    # it as a whole (not only for its stages: two lanes in its loop could
+    # train one student towards two different steps at once).
+    waiting = "same_length_seed2_a01t5k8 is running in another lane; waiting"
+    _wait_for(
+        lambda: waiting in lane_log.read_text() + main_log.read_text(),
+        [lane, main],
+    )
+    release_equal.touch()
     assert lane.wait(timeout=120) == 0, lane_log.read_text()
     assert main.wait(timeout=120) == 0, main_log.read_text()
-    assert "the baselines lane is done" in lane_log.read_text()
+    assert "the second lane is done" in lane_log.read_text()
+    # The lane runs none of the main lane's stages before the choice.
     assert [c["mode"] for c in _calls(tmp_path) if c["tool"] == "bertkd"] == [
         "prepare"
     ]
-    assert _trains(_calls(tmp_path)) == [
+    lane_trains = _trains(_calls(tmp_path))
+    assert lane_trains[:3] == [
         ("baseline_seed1", None, 6000),
         ("baseline_seed2", None, 7000),
+        ("distilled_a01t5k8_seed2", None, 7000),
     ]
+    main_trains = _trains(_calls(tmp_path, "main.jsonl"))
+    # Together the lanes make every training call of one lane, none twice
+    # (seed 2's equal-length step runs in whichever lane takes it first).
+    assert sorted(lane_trains + main_trains, key=str) == sorted(TRAINS, key=str)
     main_out = main_log.read_text()
     assert "multi30k_gain: baseline_seed1 already done" in main_out
     assert "multi30k_gain: baseline_seed2 already done" in main_out
+    assert "multi30k_gain: distilled_a01t5k8_seed2 already done" in main_out
     assert "all stages of this commit done" in main_out
-    trains = _trains(_calls(tmp_path, "main.jsonl"))
-    assert ("baseline_seed1", None, 6000) not in trains
-    assert ("baseline_seed2", None, 7000) not in trains
-    # Equal length still makes the baseline as long as its distilled arm.
-    assert ("baseline_seed1", 8000, 8000) in trains
-    assert ("baseline_seed2", 7000, 7000) in trains
+    done = tmp_path / "work/.stages/same_length_seed2_a01t5k8.done"
+    assert done.read_text().startswith("both arms at step 7000, commit ")
 
 
-def test_baselines_lane_runs_beside_the_main_lane(tmp_path):
+def test_second_lane_runs_beside_the_main_lane(tmp_path):
     started = []
     try:
         _both_lanes(tmp_path, started)
     finally:
-        (tmp_path / "release").touch()  # a failed check leaves none waiting
+        for name in ("release", "release_equal"):  # none left waiting
+            (tmp_path / name).touch()
         for process in started:
             if process.poll() is None:
                 process.kill()
