@@ -30,13 +30,14 @@ mkdir -p "$work_dir/.stages"
 lock_fds=()
 lock_stage() {  # name: hold the stage's lock, waiting while another lane
   # runs it (the lock goes with this process and its children; locks nest:
-  # unlock_stage releases the last one taken)
+  # unlock_stage releases the last one taken). Its failures stop the
+  # driver also where `set -e` does not apply (in claim_stage's `||`).
   local fd
-  exec {fd}>"$work_dir/.stages/$1.lock"
+  exec {fd}>"$work_dir/.stages/$1.lock" || exit 1
   lock_fds+=("$fd")
   if ! flock -n "$fd"; then
     echo "multi30k_gain: $1 is running in another lane; waiting for it"
-    flock "$fd"
+    flock "$fd" || exit 1
   fi
 }
 
@@ -46,12 +47,16 @@ unlock_stage() {
   exec {fd}>&-
 }
 
+claim_stage() {  # name: lock the stage; false (and unlocked) once it is done
+  lock_stage "$1"
+  if [ -f "$work_dir/.stages/$1.done" ]; then
+    echo "multi30k_gain: $1 already done"; unlock_stage; return 1
+  fi
+}
+
 run_stage() {  # name mode gin_file [extra bindings...]
   local name=$1 mode=$2 gin_file=$3; shift 3
-  lock_stage "$name"
-  if [ -f "$work_dir/.stages/$name.done" ]; then
-    echo "multi30k_gain: $name already done"; unlock_stage; return
-  fi
+  claim_stage "$name" || return 0
   echo "multi30k_gain: $name ($mode, $gin_file) from $commit at $(date -u +%FT%TZ)"
   local start=$SECONDS
   local bindings=(--gin_bindings="DATA_DIR='$data_dir'" --gin_bindings="WORK_DIR='$work_dir'")
@@ -66,10 +71,7 @@ task_gin=gin/tasks/multi30k_de_en.gin
 
 run_tool() {  # name command...: a python step, skipped once done
   local name=$1; shift
-  lock_stage "$name"
-  if [ -f "$work_dir/.stages/$name.done" ]; then
-    echo "multi30k_gain: $name already done"; unlock_stage; return
-  fi
+  claim_stage "$name" || return 0
   echo "multi30k_gain: $name from $commit at $(date -u +%FT%TZ): $*"
   local start=$SECONDS
   "$@"
@@ -116,10 +118,7 @@ same_length() {  # seed tag (05) kd_bindings...: both arms of a seed, equally lo
   local done="$work_dir/.stages/$name.done"
   # One lane at a time: two lanes in the loop below could otherwise train
   # the same student towards two different steps at once.
-  lock_stage "$name"
-  if [ -f "$done" ]; then
-    echo "multi30k_gain: $name already done"; unlock_stage; return
-  fi
+  claim_stage "$name" || return 0
   # Repeated until both stopped at the same step: an arm that finds a new
   # best while catching up trains on to its plateau again, and the other
   # arm then catches up with it in turn.
