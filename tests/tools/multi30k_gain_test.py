@@ -1,10 +1,10 @@
 """tools/multi30k_gain.sh, the "prove the gain" driver, with a fake
 `bertkd` and a fake `python` for its tools: the stage order, both arms of a
 seed made equally long (repeated until they stop at the same step), the
-seed-0 candidates with their own settings, the chosen one trained for seeds
-1 and 2, a rerun that redoes nothing, and the second lane beside the main
-lane (the seed-1/2 baselines, then seed 2 once the settings are chosen; a
-stage runs in one lane at a time)."""
+distilled arm with its fixed settings and the baseline with none, a rerun
+that redoes nothing, and the second lane beside the main lane (seed 1's
+baseline while the main lane trains the teacher, then seed 1, then seed 2's
+two arms at once in the two lanes; a stage runs in one lane at a time)."""
 
 import json
 import os
@@ -19,17 +19,18 @@ SCRIPT = os.path.join(REPO, "tools", "multi30k_gain.sh")
 
 pytestmark = pytest.mark.slow
 
-# `python` as the driver calls it ($(dirname $BERTKD)/python): inline code and
-# tools/choose_distillation.py run for real; target_stats, `converge.py
-# train` and `converge.py select` are played from the scenario in $SCENARIO:
-# a student trained with --min_steps=N stops at the first of its stopping
-# steps >= N (its plateau after N; at N if none is), and its selection scores
-# its BLEU. A call named in "held_until" ("model", or "model@N" for the call
-# with --min_steps=N) waits until the file named there exists.
+# `python` as the driver calls it ($(dirname $BERTKD)/python): inline code
+# runs for real; target_stats, `converge.py train` and `converge.py select`
+# are played from the scenario in $SCENARIO: a student trained with
+# --min_steps=N stops at the first of its stopping steps >= N (its plateau
+# after N; at N if none is), and its selection scores its BLEU. A call named
+# in "held_until" ("model" for its first call, "model@N" for the one with
+# --min_steps=N) logs {"held": "model[@N]"} and then waits until the file
+# named there exists.
 FAKE_PYTHON = """#!{python}
 import json, os, sys, time
 args = sys.argv[1:]
-if args[0] == "-c" or args[0].endswith("choose_distillation.py"):
+if args[0] == "-c":
     os.execv({python!r}, [{python!r}] + args)
 flags = dict(a[2:].split("=", 1) for a in args
              if a.startswith("--") and "=" in a)
@@ -48,7 +49,11 @@ elif args[:2] == ["tools/converge.py", "train"]:
     stops = [s for s in scenario["stops"][model] if s >= minimum]
     stop = min(stops or [minimum])
     held = scenario.get("held_until", {{}})
-    release = held.get(f"{{model}}@{{flags.get('min_steps')}}", held.get(model))
+    key = model + (f"@{{flags['min_steps']}}" if "min_steps" in flags else "")
+    release = held.get(key)
+    if release:
+        with open(os.environ["CALLS"], "a") as f:
+            f.write(json.dumps({{"held": key}}) + "\\n")
     while release and not os.path.exists(release):
         time.sleep(0.05)
     os.makedirs(os.path.join(work, model), exist_ok=True)
@@ -80,11 +85,11 @@ with open(os.environ["CALLS"], "a") as f:
 
 SCENARIO = {
     "stops": {
-        # Seed 0: the baseline stops first, then finds a new best while
-        # catching up (11,000), so the distilled student catches up again.
+        # Seed 0: the baseline stops first, the distilled student goes on
+        # to 7,000, and the baseline, catching up, finds a new best (its
+        # plateau at 11,000), so the distilled student catches up again and
+        # does the same (12,000).
         "baseline_seed0": [5000, 11000],
-        "distilled_a05_seed0": [9000, 11000],
-        "distilled_a05t10k8_seed0": [8000],
         "distilled_a01t5k8_seed0": [7000, 12000],
         "baseline_seed1": [6000, 8000],
         "distilled_a01t5k8_seed1": [8000],
@@ -93,8 +98,6 @@ SCENARIO = {
     },
     "bleu": {
         "baseline_seed0": 40.6,
-        "distilled_a05_seed0": 40.0,
-        "distilled_a05t10k8_seed0": 40.5,
         "distilled_a01t5k8_seed0": 40.9,
         "baseline_seed1": 40.1,
         "distilled_a01t5k8_seed1": 40.3,
@@ -103,35 +106,34 @@ SCENARIO = {
     },
 }
 
+KD = ["DISTILLATION_WEIGHT=0.1", "TEMPERATURE=5.0", "TOP_K=8"]
 
-# Every training call of the scenario, in the order one lane makes them.
-TRAINS = [
-    ("baseline_seed0", None, 5000),
-    ("distilled_a05_seed0", None, 9000),
-    # Equal length: to the longer arm's 9,000; the baseline found a new
-    # best on the way (11,000), so the distilled arm goes to 11,000 too.
-    ("baseline_seed0", 9000, 11000),
-    ("distilled_a05_seed0", 9000, 9000),
-    ("baseline_seed0", 11000, 11000),
-    ("distilled_a05_seed0", 11000, 11000),
-    # The paper's two settings, each on its own plateau.
-    ("distilled_a05t10k8_seed0", None, 8000),
-    ("distilled_a01t5k8_seed0", None, 7000),
-    # The winner (valid BLEU 40.9) made as long as the baseline (whose
-    # stage to 11,000 is done already): it goes on to 12,000, and so
-    # does the baseline.
-    ("distilled_a01t5k8_seed0", 11000, 12000),
-    ("baseline_seed0", 12000, 12000),
-    ("distilled_a01t5k8_seed0", 12000, 12000),
-    ("baseline_seed1", None, 6000),
-    ("distilled_a01t5k8_seed1", None, 8000),
-    ("baseline_seed1", 8000, 8000),
-    ("distilled_a01t5k8_seed1", 8000, 8000),
-    ("baseline_seed2", None, 7000),
-    ("distilled_a01t5k8_seed2", None, 7000),
-    ("baseline_seed2", 7000, 7000),
-    ("distilled_a01t5k8_seed2", 7000, 7000),
-]
+# Every training call of the scenario (both lanes together), by seed.
+TRAINS = {
+    0: [
+        ("baseline_seed0", None, 5000),
+        ("distilled_a01t5k8_seed0", None, 7000),
+        # Equal length, to the longer arm's step, until both stop at one.
+        ("baseline_seed0", 7000, 11000),
+        ("distilled_a01t5k8_seed0", 7000, 7000),
+        ("baseline_seed0", 11000, 11000),
+        ("distilled_a01t5k8_seed0", 11000, 12000),
+        ("baseline_seed0", 12000, 12000),
+        ("distilled_a01t5k8_seed0", 12000, 12000),
+    ],
+    1: [
+        ("baseline_seed1", None, 6000),
+        ("distilled_a01t5k8_seed1", None, 8000),
+        ("baseline_seed1", 8000, 8000),
+        ("distilled_a01t5k8_seed1", 8000, 8000),
+    ],
+    2: [
+        ("baseline_seed2", None, 7000),
+        ("distilled_a01t5k8_seed2", None, 7000),
+        ("baseline_seed2", 7000, 7000),
+        ("distilled_a01t5k8_seed2", 7000, 7000),
+    ],
+}
 
 
 def _driver(tmp_path, *lane, scenario=SCENARIO, calls="calls.jsonl"):
@@ -182,75 +184,78 @@ def _trains(calls):
     ]
 
 
-def test_stage_order_equal_length_and_chosen_settings(tmp_path):
+def _held(calls):
+    return [c["held"] for c in calls if "held" in c]
+
+
+def test_stage_order_equal_length_and_settings(tmp_path):
+    # The main lane alone: the teacher's stages, then seeds 0 and 2.
     result, calls = _run(tmp_path)
-    assert [c["mode"] for c in calls if c["tool"] == "bertkd"] == [
+    assert [c["mode"] for c in calls if c.get("tool") == "bertkd"] == [
         "prepare",
         "train_teacher",
         "dump_teacher",
         "dump_teacher",
     ]
-    assert _trains(calls) == TRAINS
+    assert _trains(calls) == TRAINS[0] + TRAINS[2]
     selects = [c["model"] for c in calls if c.get("args") == ["select"]]
     assert selects == [
         "baseline_seed0",
-        "distilled_a05_seed0",
-        "distilled_a05t10k8_seed0",
         "distilled_a01t5k8_seed0",
-        "baseline_seed0",
-        "distilled_a01t5k8_seed0",
-        "baseline_seed1",
-        "distilled_a01t5k8_seed1",
         "baseline_seed2",
         "distilled_a01t5k8_seed2",
     ]
     stages = set(os.listdir(tmp_path / "work" / ".stages"))
     assert {
-        "baseline_seed0_select_at_11000.done",
-        "distilled_a05_seed0_select_at_11000.done",
+        "stats_valid.done",
+        "stats_train.done",
+        "baseline_seed0_to_12000.done",
         "baseline_seed0_select_at_12000.done",
         "distilled_a01t5k8_seed0_select_at_12000.done",
-        "choose_distillation.done",
+        "same_length_seed0_a01t5k8.done",
+        "same_length_seed2_a01t5k8.done",
     } <= stages
-    # Each student trains with its own settings; the baseline with none.
-    bindings = {c["model"]: c["bindings"] for c in calls if "bindings" in c}
-    assert bindings["distilled_a05_seed0"][1:] == [
-        "DISTILLATION_WEIGHT=0.5",
-        "TEMPERATURE=1.0",
-        "TOP_K=16",
-    ]
-    assert bindings["distilled_a05t10k8_seed0"][1:] == [
-        "DISTILLATION_WEIGHT=0.5",
-        "TEMPERATURE=10.0",
-        "TOP_K=8",
-    ]
-    assert bindings["distilled_a01t5k8_seed2"] == [
-        "distill.run.seed=2",
-        "DISTILLATION_WEIGHT=0.1",
-        "TEMPERATURE=5.0",
-        "TOP_K=8",
-    ]
-    assert bindings["baseline_seed1"] == ["distill.run.seed=1"]
-    chosen = json.loads(
-        (tmp_path / "work" / "chosen_distillation.json").read_text()
-    )
-    assert chosen["tag"] == "01t5k8"
-    assert (chosen["distillation_weight"], chosen["temperature"]) == (0.1, 5.0)
-    assert chosen["valid_bleu"] == {"05": 40.0, "05t10k8": 40.5, "01t5k8": 40.9}
-    assert "all stages of this commit done" in result.stdout
-
+    assert not any("seed1" in stage for stage in stages)
+    # The distilled arm trains with the fixed settings, the baseline with
+    # none; both with the seed's own seed.
+    for call in calls:
+        if call.get("args") == ["train"]:
+            seed = call["model"][-1]
+            extra = KD if call["model"].startswith("distilled") else []
+            assert call["bindings"] == [f"distill.run.seed={seed}"] + extra
+    assert "all stages of the all lane done" in result.stdout
     assert (
-        (tmp_path / "work" / ".stages" / "same_length_seed0_a05.done")
+        (tmp_path / "work" / ".stages" / "same_length_seed0_a01t5k8.done")
         .read_text()
-        .startswith("both arms at step 11000, commit ")
+        .startswith("both arms at step 12000, commit ")
     )
 
-    # Every stage is done: a rerun trains and selects nothing (the α-0.5
-    # pair stays at 11,000 though the baseline has gone on to 12,000).
+    # Every stage is done: a rerun trains and selects nothing.
     result, calls = _run(tmp_path)
     assert calls == []
-    assert "multi30k_gain: choose_distillation already done" in result.stdout
-    assert "same_length_seed0_a05 already done" in result.stdout
+    assert "multi30k_gain: teacher already done" in result.stdout
+    assert "same_length_seed0_a01t5k8 already done" in result.stdout
+
+
+def test_a_relative_work_dir_is_made_absolute(tmp_path):
+    # The driver works from the checkout's root; a relative WORK_DIR names
+    # a directory under the caller's working directory all the same.
+    command, env = _driver(tmp_path)
+    command[-1] = "work"
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        tmp_path / "work" / ".stages" / "same_length_seed2_a01t5k8.done"
+    ).exists()
+    assert f"done in {tmp_path / 'work'}" in result.stdout
+    assert not os.path.exists(os.path.join(REPO, "work"))
 
 
 def _wait_for(predicate, processes):
@@ -262,15 +267,17 @@ def _wait_for(predicate, processes):
 
 
 def _both_lanes(tmp_path, started):
-    # The second lane trains the seed-1/2 baselines alone, then waits for
-    # the main lane's choice; its seed-2 distilled student is held until the
-    # main lane has reached that stage and waits for it.
-    release, release_equal = tmp_path / "release", tmp_path / "release_equal"
+    release = {
+        name: tmp_path / f"release_{name}"
+        for name in ("seed1", "seed2", "equal")
+    }
     scenario = dict(
         SCENARIO,
         held_until={
-            "distilled_a01t5k8_seed2": str(release),
-            "baseline_seed2@7000": str(release_equal),
+            "baseline_seed1": str(release["seed1"]),
+            "baseline_seed2": str(release["seed2"]),
+            "distilled_a01t5k8_seed2": str(release["seed2"]),
+            "baseline_seed2@7000": str(release["equal"]),
         },
     )
     command, env = _driver(tmp_path, "second", scenario=scenario)
@@ -279,23 +286,40 @@ def _both_lanes(tmp_path, started):
         command, stdout=lane_log.open("w"), stderr=subprocess.STDOUT, env=env
     )
     started.append(lane)
-    waiting = "waiting for the main lane to choose the distillation settings"
-    _wait_for(lambda: waiting in lane_log.read_text(), [lane])
-    time.sleep(0.3)  # polling: nothing more happens until the choice
-    assert _trains(_calls(tmp_path)) == [
-        ("baseline_seed1", None, 6000),
-        ("baseline_seed2", None, 7000),
-    ]
+    # The lane starts with seed 1's baseline: it needs no teacher.
+    _wait_for(lambda: _held(_calls(tmp_path)) == ["baseline_seed1"], [lane])
     command, env = _driver(tmp_path, scenario=scenario, calls="main.jsonl")
     main_log = tmp_path / "main.log"
     main = subprocess.Popen(
         command, stdout=main_log.open("w"), stderr=subprocess.STDOUT, env=env
     )
     started.append(main)
-    waiting = "distilled_a01t5k8_seed2 is running in another lane; waiting"
-    _wait_for(lambda: waiting in main_log.read_text(), [lane, main])
-    assert not (tmp_path / "work/.stages/distilled_a01t5k8_seed2.done").exists()
-    release.touch()
+    # Meanwhile the main lane trains the teacher and seed 0, up to seed 2's
+    # baseline.
+    _wait_for(
+        lambda: _held(_calls(tmp_path, "main.jsonl")) == ["baseline_seed2"],
+        [lane, main],
+    )
+    main_calls = _calls(tmp_path, "main.jsonl")
+    assert [c["mode"] for c in main_calls if c.get("tool") == "bertkd"] == [
+        "train_teacher",
+        "dump_teacher",
+        "dump_teacher",
+    ]
+    assert _trains(main_calls) == TRAINS[0]
+    assert _trains(_calls(tmp_path)) == []
+    release["seed1"].touch()
+    # The lane finds the teacher's stages done, trains seed 1, then seed
+    # 2's distilled arm while the main lane trains its baseline.
+    _wait_for(
+        lambda: (
+            _held(_calls(tmp_path))
+            == ["baseline_seed1", "distilled_a01t5k8_seed2"]
+        ),
+        [lane, main],
+    )
+    assert _trains(_calls(tmp_path)) == TRAINS[1]
+    release["seed2"].touch()
     # Seed 2's equal-length step runs in one lane while the other waits for
     # it as a whole (not only for its stages: two lanes in its loop could
     # train one student towards two different steps at once).
@@ -304,29 +328,31 @@ def _both_lanes(tmp_path, started):
         lambda: waiting in lane_log.read_text() + main_log.read_text(),
         [lane, main],
     )
-    release_equal.touch()
+    release["equal"].touch()
     assert lane.wait(timeout=120) == 0, lane_log.read_text()
     assert main.wait(timeout=120) == 0, main_log.read_text()
-    assert "the second lane is done" in lane_log.read_text()
-    # The lane runs none of the main lane's stages before the choice.
-    assert [c["mode"] for c in _calls(tmp_path) if c["tool"] == "bertkd"] == [
-        "prepare"
-    ]
+    lane_out, main_out = lane_log.read_text(), main_log.read_text()
+    assert "all stages of the second lane done" in lane_out
+    assert "all stages of the all lane done" in main_out
+    for stage in (
+        "teacher",
+        "dump",
+        "dump_valid",
+        "stats_valid",
+        "stats_train",
+    ):
+        assert f"multi30k_gain: {stage} already done" in lane_out
+    # Together the lanes make every training call, none twice.
     lane_trains = _trains(_calls(tmp_path))
-    assert lane_trains[:3] == [
-        ("baseline_seed1", None, 6000),
-        ("baseline_seed2", None, 7000),
-        ("distilled_a01t5k8_seed2", None, 7000),
-    ]
     main_trains = _trains(_calls(tmp_path, "main.jsonl"))
-    # Together the lanes make every training call of one lane, none twice
-    # (seed 2's equal-length step runs in whichever lane takes it first).
-    assert sorted(lane_trains + main_trains, key=str) == sorted(TRAINS, key=str)
-    main_out = main_log.read_text()
-    assert "multi30k_gain: baseline_seed1 already done" in main_out
-    assert "multi30k_gain: baseline_seed2 already done" in main_out
-    assert "multi30k_gain: distilled_a01t5k8_seed2 already done" in main_out
-    assert "all stages of this commit done" in main_out
+    every = TRAINS[0] + TRAINS[1] + TRAINS[2]
+    assert sorted(lane_trains + main_trains, key=str) == sorted(every, key=str)
+    assert lane_trains[len(TRAINS[1])] == (
+        "distilled_a01t5k8_seed2",
+        None,
+        7000,
+    )
+    assert main_trains[len(TRAINS[0])] == ("baseline_seed2", None, 7000)
     done = tmp_path / "work/.stages/same_length_seed2_a01t5k8.done"
     assert done.read_text().startswith("both arms at step 7000, commit ")
 
@@ -336,8 +362,10 @@ def test_second_lane_runs_beside_the_main_lane(tmp_path):
     try:
         _both_lanes(tmp_path, started)
     finally:
-        for name in ("release", "release_equal"):  # none left waiting
-            (tmp_path / name).touch()
+        for path in tmp_path.glob("release_*"):  # none left waiting
+            path.touch()
+        for name in ("seed1", "seed2", "equal"):
+            (tmp_path / f"release_{name}").touch()
         for process in started:
             if process.poll() is None:
                 process.kill()
