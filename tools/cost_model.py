@@ -86,11 +86,11 @@ CORPORA = {
         0.15,
         MINILM,
         SMALL,
-        4000 * 2048,  # gin/experiments/multi30k_gain/teacher.gin
+        6000 * 2048,  # gin/experiments/multi30k_gain/teacher.gin (run 2)
         20000 * 4096,  # converge.py's cap: 20k steps of 4k target tokens
         16,
         16,
-        "teacher 4k steps x 2k tokens; students up to 20k steps x 4k tokens",
+        "teacher 6k steps x 2k tokens; students up to 20k steps x 4k tokens",
     ),
     "iwslt14": Corpus(
         "IWSLT14 De-En",
