@@ -402,6 +402,19 @@ LAYERS_AND_MODELS = sorted(
 )
 
 
+# Element-wise tolerance of the whole encoder-decoder stacks (2+2 layers
+# here): bfloat16 rounding (2^-8 relative) adds up over the layers. On an
+# AVX2-only CPU (no native bf16; session 13) their outputs read 0.9% relative
+# error in the norm, but single elements up to 0.035 off at an output scale
+# of ~0.8, past the 2e-2 that held on AVX-512-bf16 and AMX machines; the
+# norm bound (2e-2) stays the same for every class.
+PRECISION_ATOL = {
+    "TransformerSeq2SeqBackbone": 5e-2,
+    "TransformerSeq2Seq": 5e-2,
+    "DistillationModel": 5e-2,
+}
+
+
 @pytest.mark.parametrize("name", LAYERS_AND_MODELS)
 def test_precision(name):
     _, run_fn, _ = CLASSES[name]
@@ -410,6 +423,7 @@ def test_precision(name):
         run_fn,
         expected_output_dtype=PRECISION_OUTPUT[name],
         float32_layers=FLOAT32_LAYERS.get(name, ()),
+        atol=PRECISION_ATOL.get(name),
     )
 
 

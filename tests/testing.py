@@ -163,6 +163,7 @@ def run_precision_test(
     float32_layers=(),
     atol=None,
     rtol=None,
+    norm_rtol=2e-2,
 ):
     """The object built with `dtype="mixed_bfloat16"` computes in bfloat16
     and keeps float32 variables, and its outputs are close to float32's.
@@ -175,8 +176,10 @@ def run_precision_test(
     which must compute in float32, and `keras.Model` containers, whose own
     policy a functional model does not keep), the outputs' dtype is
     `expected_output_dtype` (a dtype or a nest of them), and the outputs
-    match float32's within `atol`/`rtol` (bfloat16 defaults:
-    `atol=rtol=2e-2`). Returns `(bf16_outputs, fp32_outputs)`.
+    match float32's within `atol`/`rtol` element by element (bfloat16
+    defaults: `atol=rtol=2e-2`) and, every floating output as a whole,
+    within `norm_rtol` relative error in the L2 norm (|bf16 - fp32| /
+    |fp32|). Returns `(bf16_outputs, fp32_outputs)`.
     """
     atol = 2e-2 if atol is None else atol
     rtol = 2e-2 if rtol is None else rtol
@@ -217,6 +220,14 @@ def run_precision_test(
         atol=atol,
         rtol=rtol,
     )
+    for a, e in zip(tf.nest.flatten(outputs), tf.nest.flatten(expected)):
+        a, e = (
+            _to_numpy(tf.cast(a, "float64")),
+            _to_numpy(tf.cast(e, "float64")),
+        )
+        if np.any(e):
+            error = np.linalg.norm(a - e) / np.linalg.norm(e)
+            assert error <= norm_rtol, (error, norm_rtol)
     return outputs, expected
 
 
