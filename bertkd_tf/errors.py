@@ -39,3 +39,13 @@ class MissingInputError(BertkdError, FileNotFoundError):
 
 class LockedError(BertkdError, RuntimeError):
     """Another process is writing the same output directory."""
+
+
+class TrainingInterrupted(BertkdError, RuntimeError):
+    """Training stopped on a signal (SIGTERM, SIGINT) after writing a
+    checkpoint of the step it reached; the same command resumes there.
+    `signum` is the signal (the `bertkd` binary exits with 128 + it)."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum

@@ -41,7 +41,7 @@ from absl import app, flags, logging
 from bertkd_tf import settings
 from bertkd_tf.atomic_files import write_text_atomic
 from bertkd_tf.decoding.search_settings import SearchSettings
-from bertkd_tf.errors import BertkdError, ConfigError
+from bertkd_tf.errors import BertkdError, ConfigError, TrainingInterrupted
 from bertkd_tf.operative_config import OPERATIVE_CONFIG
 
 MODES = (
@@ -78,7 +78,7 @@ class UsageError(ConfigError):
     """
 
 
-def _fail(message):
+def _fail(message, status=2):
     # Paths are never split (copy-paste): no breaks at hyphens or inside.
     text = textwrap.fill(
         " ".join(str(message).split()),
@@ -87,7 +87,7 @@ def _fail(message):
         break_long_words=False,
     )
     print(f"bertkd: {text}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _describe_os_error(error):
@@ -155,7 +155,9 @@ def _raised_by_our_checks(error):
 
 
 def _report(error):
-    """Prints an expected failure as one paragraph; exits with status 2.
+    """Prints an expected failure as one paragraph; exits with status 2
+    (128 + the signal number for a run stopped by a signal, as a shell
+    reports a process the signal killed).
 
     The traceback comes first only under `--verbosity=1` or higher.
     """
@@ -165,6 +167,8 @@ def _report(error):
     if verbosity is not None and verbosity >= 1:
         traceback.print_exception(error)
     error = _unwrap_gin_proxy(error)
+    if isinstance(error, TrainingInterrupted):
+        _fail(str(error), status=128 + int(error.signum))
     if isinstance(error, OSError) and not isinstance(error, BertkdError):
         message = _describe_os_error(error)
     elif isinstance(error, BertkdError):

@@ -167,6 +167,7 @@ RULES = {
     "checkpoint_every_steps": _count(),
     "validate_every_steps": _count(none=True),
     "keep_checkpoints": _count(none=True),
+    "interim_checkpoint_minutes": _number(low=0, none=True),
     "max_valid_pairs": _count(none=True),
     "max_sequence_length": _count(low=2),
     "max_predictions": _count(none=True),

@@ -425,6 +425,7 @@ def run(
     checkpoint_every_steps=1000,
     validate_every_steps=None,
     keep_checkpoints=5,
+    interim_checkpoint_minutes=10.0,
     max_valid_pairs=None,
     strategy="default",
     tpu_address=None,
@@ -490,6 +491,9 @@ def run(
         validate_every_steps: validation period (multiple of the above).
         keep_checkpoints: checkpoints kept (average them with
             `tools/average_checkpoints.py`).
+        interim_checkpoint_minutes: inside a chunk, an interim checkpoint
+            every this many minutes of training (None or 0: none); SIGTERM /
+            Ctrl-C stop the run with one (`training.interruption`).
         max_valid_pairs: validate on the first N valid pairs only.
         strategy: `default | mirrored | multi_worker | tpu`.
         tpu_address: TPU name/address for `strategy="tpu"`.
@@ -668,6 +672,11 @@ def run(
         validate_every_steps=validate_every_steps,
         keep_checkpoints=keep_checkpoints,
         verbose=verbose,
+        interim_checkpoint_seconds=(
+            60.0 * interim_checkpoint_minutes
+            if interim_checkpoint_minutes
+            else None
+        ),
     )
     save_student(student, output_dir)
     logging.info("student saved to %s: %s", output_dir, result)

@@ -205,6 +205,7 @@ def run(
     checkpoint_every_steps=1000,
     validate_every_steps=None,
     keep_checkpoints=3,
+    interim_checkpoint_minutes=10.0,
     max_valid_pairs=None,
     strategy="default",
     tpu_address=None,
@@ -244,6 +245,9 @@ def run(
         checkpoint_every_steps: checkpoint (and chunk) period.
         validate_every_steps: validation period (multiple of the above).
         keep_checkpoints: checkpoints kept.
+        interim_checkpoint_minutes: inside a chunk, an interim checkpoint
+            every this many minutes of training (None or 0: none); SIGTERM /
+            Ctrl-C stop the run with one (`training.interruption`).
         max_valid_pairs: optional cap on validation pairs (the first N).
         strategy: `default | mirrored | multi_worker | tpu`.
         tpu_address: TPU name/address for `strategy="tpu"`.
@@ -343,6 +347,11 @@ def run(
         validate_every_steps=validate_every_steps,
         keep_checkpoints=keep_checkpoints,
         verbose=verbose,
+        interim_checkpoint_seconds=(
+            60.0 * interim_checkpoint_minutes
+            if interim_checkpoint_minutes
+            else None
+        ),
         plot_metrics=("val_accuracy",),
     )
     save_teacher(teacher, output_dir)

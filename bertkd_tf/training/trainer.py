@@ -20,6 +20,7 @@ the next start. Final weights files get a SHA-256 sidecar
 (`bertkd_tf.checksums`), checked when they are loaded.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from bertkd_tf.atomic_files import remove_stale_temporaries, write_text_atomic
 from bertkd_tf.durations import format_duration
 from bertkd_tf.errors import ArtifactError
 from bertkd_tf.layers.fast_layers import loading_layout
+from bertkd_tf.training import interruption
 
 HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -127,6 +129,18 @@ def _checkpoint_candidates(directory):
     return newest_first, readable
 
 
+def _step_of(interim):
+    """Sort key of a checkpoint prefix: its step (interim ones are
+    `.../step-<N>/ckpt`)."""
+
+    def key(prefix):
+        if prefix in interim:
+            return _checkpoint_step(os.path.dirname(prefix))
+        return _checkpoint_step(prefix)
+
+    return key
+
+
 def _has_seed_states(prefix):
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     return any(name.startswith(SEED_STATES + "/") for name in names)
@@ -156,26 +170,44 @@ def restore_latest(model, model_dir):
     step.
 
     The model must be built and compiled. Returns 0 (and changes nothing)
-    when there is no checkpoint yet. A checkpoint that fails to restore (a
-    truncated, corrupted or empty file) is skipped with a warning naming it
-    and the one used instead; the checkpoint list is then rewritten (by the
-    chief) to end at the one used, so the run continues from there.
+    when there is no checkpoint yet. The newest may be an interim one
+    (`bertkd_tf.training.interruption`). A checkpoint that fails to restore
+    (a truncated, corrupted or empty file) is skipped with a warning naming
+    it and the one used instead; the checkpoint list is then rewritten (by
+    the chief) to end at the regular one used, so the run continues from
+    there.
 
     Raises:
         ArtifactError: there are checkpoints, but none restores.
     """
+    return _restore_newest(model, model_dir)[0]
+
+
+def _restore_newest(model, model_dir):
+    """`(step, interim state or None)` of the checkpoint `restore_latest`
+    restores (the state: `chunk_start` and `elapsed_s` of an interim
+    checkpoint)."""
     directory = os.path.join(model_dir, CHECKPOINT_DIR)
     if not tf.io.gfile.isdir(directory):
-        return 0
+        return 0, None
     candidates, state_readable = _checkpoint_candidates(directory)
+    interim = {
+        prefix: state
+        for _, prefix, state in interruption.interim_checkpoints(directory)
+    }
+    candidates = sorted(
+        [*candidates, *interim], key=_step_of(interim), reverse=True
+    )
     if not candidates:
-        return 0
+        return 0, None
     strategy = model.distribute_strategy
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
     damaged = []
     for prefix in candidates:
         try:
+            if prefix in interim and interim[prefix] is None:
+                raise ArtifactError(f"{interruption.STATE_FILE} unreadable")
             _restore(model, prefix)
         except Exception as error:  # noqa: BLE001 (any damage: skip it)
             logging.warning(
@@ -195,18 +227,28 @@ def restore_latest(model, model_dir):
                 prefix,
                 step,
             )
-        if (damaged or not state_readable) and _is_chief(strategy):
-            kept = [p for p in candidates if p not in dict(damaged)]
-            tf.compat.v1.train.update_checkpoint_state(
-                directory,
-                prefix,
-                all_model_checkpoint_paths=sorted(
-                    (p for p in kept if _checkpoint_step(p) <= step),
-                    key=_checkpoint_step,
+        damaged_regular = [d for d in damaged if d[0] not in interim]
+        if (damaged_regular or not state_readable) and _is_chief(strategy):
+            # The list of regular checkpoints, ending at the newest intact
+            # one not after the step restored (interim ones are not listed).
+            kept = sorted(
+                (
+                    p
+                    for p in candidates
+                    if p not in dict(damaged)
+                    and p not in interim
+                    and _checkpoint_step(p) <= step
                 ),
+                key=_checkpoint_step,
             )
+            if kept:
+                tf.compat.v1.train.update_checkpoint_state(
+                    directory, kept[-1], all_model_checkpoint_paths=kept
+                )
+            elif tf.io.gfile.exists(os.path.join(directory, "checkpoint")):
+                tf.io.gfile.remove(os.path.join(directory, "checkpoint"))
         logging.info("Restored %s (step %d).", prefix, step)
-        return step
+        return step, interim.get(prefix)
     newest, error = damaged[0]
     raise ArtifactError(
         f"None of the {len(candidates)} checkpoint(s) in {directory} can be "
@@ -227,6 +269,9 @@ def remove_leftovers(model_dir):
         os.path.join(model_dir, CHECKPOINT_DIR),
         r".+_temp",
         "unfinished checkpoint",
+    )
+    removed += interruption.remove_interim_leftovers(
+        os.path.join(model_dir, CHECKPOINT_DIR)
     )
     removed += remove_stale_temporaries(
         model_dir,
@@ -450,6 +495,63 @@ def _read_elapsed(history_path):
     return elapsed
 
 
+def _multi_worker(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return bool(resolver is not None and resolver.cluster_spec().as_dict())
+
+
+def _end_of_chunk(
+    model,
+    history,
+    step,
+    elapsed,
+    *,
+    validation_dataset,
+    validated,
+    model_dir,
+    history_path,
+    chief,
+    plot_metrics,
+):
+    """Validates (if `validated`), appends the chunk's record to the
+    history (and the plots); returns the record."""
+    record = {"step": step, "elapsed_s": round(elapsed, 2)}
+    skipped = unmeasured_metrics(model)
+    record.update(
+        {
+            k: float(v[-1])
+            for k, v in history.history.items()
+            if k not in skipped
+        }
+    )
+    if validated:
+        board = (
+            [_ValidationBoard(os.path.join(model_dir, "logs"))] if chief else []
+        )
+        scores = model.evaluate(
+            validation_dataset,
+            return_dict=True,
+            verbose=0,
+            callbacks=board,
+        )
+        # A metric the validation step never updates (`kd` without teacher
+        # targets) would read 0.0: left out.
+        skipped = unmeasured_metrics(model)
+        scores = {k: v for k, v in scores.items() if k not in skipped}
+        record.update({f"val_{k}": float(v) for k, v in scores.items()})
+        logging.info(
+            "step %d validation: %s",
+            step,
+            ", ".join(f"{k}={v:.4f}" for k, v in scores.items()),
+        )
+    if chief:
+        with open(history_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if validated:
+            _plot_history(model_dir, history_path, plot_metrics)
+    return record
+
+
 def fit_resumable(
     model,
     train_dataset_fn,
@@ -464,6 +566,7 @@ def fit_resumable(
     callbacks=(),
     verbose="auto",
     plot_metrics=(),
+    interim_checkpoint_seconds=600.0,
 ):
     """Trains `model` to `total_steps`, resuming from `model_dir` if it can.
 
@@ -491,10 +594,18 @@ def fit_resumable(
         plot_metrics: history keys (e.g. `("val_accuracy",)`) drawn over
             the steps into `model_dir/valid_<name>.png` (the `val_` prefix
             dropped) after each validation, atomically (`bertkd_tf.plots`).
+        interim_checkpoint_seconds: inside a chunk, an interim checkpoint
+            every this many seconds of training (None or 0: none); SIGTERM
+            and SIGINT stop the run with one (`TrainingInterrupted`). See
+            `bertkd_tf.training.interruption`.
 
     Returns:
         A dict: `step`, `elapsed_s` and the last training and validation
         metrics (validation ones prefixed `val_`).
+
+    Raises:
+        TrainingInterrupted: a SIGTERM / SIGINT stopped the run (after a
+            checkpoint of the step reached).
 
     Example:
     >>> fit_resumable(model, make_dataset, model_dir="/tmp/run",
@@ -524,7 +635,7 @@ def fit_resumable(
 
     # Restored first: it repairs a damaged checkpoint list, which the
     # manager reads.
-    step = restore_latest(model, model_dir)
+    step, interim_state = _restore_newest(model, model_dir)
     checkpoint = make_checkpoint(model)
     checkpoint_dir = _checkpoint_dir(model_dir, strategy)
     manager = tf.train.CheckpointManager(
@@ -534,6 +645,8 @@ def fit_resumable(
     if step and chief:
         _drop_history_after(history_path, step)
     elapsed = _read_elapsed(history_path) if step else 0.0
+    if interim_state is not None:
+        elapsed = interim_state["elapsed_s"]
     if step == 0 and chief and os.path.exists(history_path):
         os.remove(history_path)  # A fresh start: drop a stale history.
     if step:
@@ -550,66 +663,89 @@ def fit_resumable(
         total_steps, batches_per_step, verbose=verbose if chief else 0
     )
     result = {"step": step, "elapsed_s": elapsed}
+    # Interim checkpoints and the graceful stop: single-worker only (the
+    # workers of a cluster would have to agree on the step to stop at).
+    single_worker = not _multi_worker(strategy)
+    every_seconds = (
+        (interim_checkpoint_seconds or None) if single_worker else None
+    )
+    stop = interruption.GracefulStop() if single_worker else None
 
-    while step < total_steps:
-        chunk = step // checkpoint_every_steps
-        steps = min(checkpoint_every_steps * (chunk + 1), total_steps) - step
-        start = time.time()
-        history = model.fit(
-            train_dataset_fn(step),
-            initial_epoch=chunk,
-            epochs=chunk + 1,
-            steps_per_epoch=steps * batches_per_step,
-            callbacks=[logger, progress, *callbacks],
-            # Keras' bar would count the chunk's steps: `progress` shows
-            # the run's.
-            verbose=0,
-            shuffle=False,  # The dataset shuffles itself, by seed.
-        )
-        elapsed += time.time() - start
-        step = int(model.optimizer.iterations.numpy())
-        manager.save(checkpoint_number=step)
-        record = {"step": step, "elapsed_s": round(elapsed, 2)}
-        skipped = unmeasured_metrics(model)
-        record.update(
-            {
-                k: float(v[-1])
-                for k, v in history.history.items()
-                if k not in skipped
-            }
-        )
-        validated = validation_dataset is not None and (
-            step % validate_every_steps == 0 or step >= total_steps
-        )
-        if validated:
-            board = (
-                [_ValidationBoard(os.path.join(model_dir, "logs"))]
-                if chief
-                else []
+    def stop_if_asked():
+        if stop is not None and stop.signum is not None:
+            raise interruption.interrupted_error(
+                stop.signum, step, total_steps, checkpoint_dir
             )
-            scores = model.evaluate(
-                validation_dataset,
-                return_dict=True,
+
+    with stop if stop is not None else contextlib.nullcontext():
+        while step < total_steps:
+            stop_if_asked()
+            # A chunk's data comes from `train_dataset_fn(chunk_start)`; a
+            # run resumed from an interim checkpoint continues its chunk.
+            chunk_start = step
+            if interim_state is not None:
+                start_of = interim_state["chunk_start"]
+                end_of = min(
+                    checkpoint_every_steps
+                    * (start_of // checkpoint_every_steps + 1),
+                    total_steps,
+                )
+                if start_of <= step < end_of:
+                    chunk_start = start_of
+                interim_state = None
+            chunk = chunk_start // checkpoint_every_steps
+            chunk_end = min(checkpoint_every_steps * (chunk + 1), total_steps)
+            saver = interruption.InterimSaver(
+                checkpoint,
+                checkpoint_dir,
+                chunk_start,
+                chunk_end,
+                elapsed,
+                every_seconds,
+                batches_per_step,
+                stop,
+            )
+            start = time.time()
+            history = model.fit(
+                interruption.dataset_from(
+                    train_dataset_fn, chunk_start, step, batches_per_step
+                ),
+                initial_epoch=chunk,
+                epochs=chunk + 1,
+                steps_per_epoch=(chunk_end - step) * batches_per_step,
+                callbacks=[logger, progress, *callbacks, saver],
+                # Keras' bar would count the chunk's steps: `progress`
+                # shows the run's.
                 verbose=0,
-                callbacks=board,
+                shuffle=False,  # The dataset shuffles itself, by seed.
             )
-            # A metric the validation step never updates (`kd` without
-            # teacher targets) would read 0.0: left out.
-            skipped = unmeasured_metrics(model)
-            scores = {k: v for k, v in scores.items() if k not in skipped}
-            record.update({f"val_{k}": float(v) for k, v in scores.items()})
-            logging.info(
-                "step %d validation: %s",
+            elapsed += time.time() - start
+            step = int(model.optimizer.iterations.numpy())
+            stopped = stop is not None and stop.signum is not None
+            if stopped and step < chunk_end:  # Inside the chunk.
+                if chief:
+                    interruption.write_interim(
+                        checkpoint, checkpoint_dir, step, chunk_start, elapsed
+                    )
+                stop_if_asked()
+            manager.save(checkpoint_number=step)
+            if chief:
+                interruption.remove_interim(checkpoint_dir)
+            result = _end_of_chunk(
+                model,
+                history,
                 step,
-                ", ".join(f"{k}={v:.4f}" for k, v in scores.items()),
+                elapsed,
+                validation_dataset=validation_dataset,
+                validated=validation_dataset is not None
+                and (step % validate_every_steps == 0 or step >= total_steps),
+                model_dir=model_dir,
+                history_path=history_path,
+                chief=chief,
+                plot_metrics=plot_metrics,
             )
-        if chief:
-            with open(history_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if validated:
-                _plot_history(model_dir, history_path, plot_metrics)
-        result = record
-        logging.info("chunk %d/%d done: %s", chunk + 1, num_chunks, record)
+            logging.info("chunk %d/%d done: %s", chunk + 1, num_chunks, result)
+        stop_if_asked()
 
     if not chief:
         shutil.rmtree(os.path.dirname(checkpoint_dir), ignore_errors=True)

@@ -25,9 +25,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 # `bertkd` that SIGKILLs itself (no cleanup, no exception) when the optimizer
 # reaches $KILL_AT_STEP: the one tools/fault_sweep.py uses.
 KILLING_BERTKD = load_tool("fault_sweep").KILLING_BERTKD
+# `bertkd` that sends itself $STOP_SIGNAL (once) when the optimizer reaches
+# $KILL_AT_STEP: the graceful stop (`training.interruption`).
+STOPPING_BERTKD = """
+import os, sys
+import keras
+from bertkd_tf.training import trainer
+stop_at = int(os.environ["KILL_AT_STEP"])
+signum = int(os.environ["STOP_SIGNAL"])
+real_fit = trainer.fit_resumable
+class Stop(keras.callbacks.Callback):
+    sent = False
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step >= stop_at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signum)
+def fit_then_stop(model, train_dataset_fn, callbacks=(), **kwargs):
+    callbacks = [*callbacks, Stop()]
+    return real_fit(model, train_dataset_fn, callbacks=callbacks, **kwargs)
+trainer.fit_resumable = fit_then_stop
+from bertkd_tf import main
+sys.argv = ["bertkd", *sys.argv[1:]]
+main.console_main()
+"""
 
 
-def _start_bertkd(mode, work_dir, corpus, bindings, kill_at_step=None):
+def _start_bertkd(
+    mode, work_dir, corpus, bindings, kill_at_step=None, stop_signal=None
+):
     args = [
         f"--mode={mode}",
         f"--gin_file=gin/runs/{mode}.gin",
@@ -40,9 +66,13 @@ def _start_bertkd(mode, work_dir, corpus, bindings, kill_at_step=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kill_at_step is None:
         command = [sys.executable, "-m", "bertkd_tf.main", *args]
-    else:
+    elif stop_signal is None:
         command = [sys.executable, "-c", KILLING_BERTKD, *args]
         env["KILL_AT_STEP"] = str(kill_at_step)
+    else:
+        command = [sys.executable, "-c", STOPPING_BERTKD, *args]
+        env["KILL_AT_STEP"] = str(kill_at_step)
+        env["STOP_SIGNAL"] = str(int(stop_signal))
     return subprocess.Popen(
         command,
         cwd=ROOT,
@@ -156,6 +186,103 @@ def test_killed_teacher_resumes_to_the_uninterrupted_weights(
             "TOKENS_PER_BATCH=256",
             "train_teacher.run.max_sequence_length=64",
             "train_teacher.run.checkpoint_every_steps=1",
+            "train_teacher.run.verbose=0",
+        ],
+    )
+
+
+def _stopped_resumed_and_uninterrupted(
+    tmp_path, tiny_vocab, tiny_corpus, mode, output, bindings
+):
+    """Runs `mode` for 4 steps in one chunk, stopped by SIGTERM at step 2
+    (an interim checkpoint, exit status 143), then resumed inside the chunk,
+    and uninterrupted (at the same time); asserts equal final weights."""
+    dirs = {}
+    for name in ("resumed", "uninterrupted"):
+        dirs[name] = tmp_path / name
+        tiny_vocab.save(str(dirs[name] / "vocab"))
+    reference = _start_bertkd(
+        mode, dirs["uninterrupted"], tiny_corpus, bindings
+    )
+    try:
+        work_dir = dirs["resumed"]
+        code, log = _finish(
+            _start_bertkd(
+                mode,
+                work_dir,
+                tiny_corpus,
+                bindings,
+                kill_at_step=2,
+                stop_signal=signal.SIGTERM,
+            )
+        )
+        assert code == 128 + signal.SIGTERM, log
+        assert "Training stopped on SIGTERM at step 2 of 4" in log, log
+        assert "Run the same command again" in log, log
+        checkpoints = work_dir / output / "checkpoints"
+        assert not any(n.endswith(".index") for n in os.listdir(checkpoints))
+        assert os.listdir(checkpoints / "interim") == ["step-2"]
+        assert not (work_dir / output / "final.weights.h5").exists()
+        code, log = _finish(
+            _start_bertkd(mode, work_dir, tiny_corpus, bindings)
+        )
+        assert code == 0, log
+        assert "Resuming at step 2 of 4" in log, log
+        assert not (checkpoints / "interim").exists()
+    finally:
+        code, log = _finish(reference)
+    assert code == 0, log
+    resumed, uninterrupted = (
+        _weights(dirs[name] / output / "final.weights.h5")
+        for name in ("resumed", "uninterrupted")
+    )
+    assert resumed.keys() == uninterrupted.keys()
+    assert len(resumed) > 10
+    for key in resumed:
+        np.testing.assert_array_equal(
+            resumed[key], uninterrupted[key], err_msg=key
+        )
+
+
+@pytest.mark.slow
+def test_stopped_student_resumes_inside_its_chunk_to_the_same_weights(
+    tmp_path, tiny_vocab, tiny_corpus
+):
+    _stopped_resumed_and_uninterrupted(
+        tmp_path,
+        tiny_vocab,
+        tiny_corpus,
+        "distill",
+        "baseline",
+        [
+            "DISTILLATION_WEIGHT=0.0",
+            "STUDENT_DROPOUT=0.3",
+            "TRAIN_STEPS=4",
+            "WARMUP_STEPS=2",
+            "TOKENS_PER_BATCH=256",
+            "distill.run.checkpoint_every_steps=4",
+            "distill.run.verbose=0",
+        ],
+    )
+
+
+@pytest.mark.slow
+def test_stopped_teacher_resumes_inside_its_chunk_to_the_same_weights(
+    tmp_path, tiny_vocab, tiny_corpus
+):
+    _stopped_resumed_and_uninterrupted(
+        tmp_path,
+        tiny_vocab,
+        tiny_corpus,
+        "train_teacher",
+        "teacher",
+        [
+            "cmlm_teacher.CMLMTeacher.from_scratch.dropout=0.3",
+            "cmlm_teacher.CMLMTeacher.from_scratch.num_layers=1",
+            "train_teacher.run.total_steps=4",
+            "TOKENS_PER_BATCH=256",
+            "train_teacher.run.max_sequence_length=64",
+            "train_teacher.run.checkpoint_every_steps=4",
             "train_teacher.run.verbose=0",
         ],
     )
