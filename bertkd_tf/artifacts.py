@@ -28,11 +28,20 @@ import tensorflow as tf
 
 from bertkd_tf.data.task_vocabulary import TaskVocabulary
 from bertkd_tf.errors import ArtifactError, MissingArtifactError
+
+# Registered here for any process that loads a trained teacher (not only one
+# that imported `train_teacher`): the loss, optimizer and schedule its
+# `compile_config` names (`train_teacher.compile_teacher`). Without them a
+# `dump_teacher` run from a gin file that imports no `train_teacher` failed
+# with "Could not locate class 'FusedAdam'".
+from bertkd_tf.losses.token_cross_entropy import TokenCrossEntropy  # noqa: F401
 from bertkd_tf.models.cmlm_teacher import CMLMTeacher
 
 # Registers the student's classes for `student_from_config`.
 from bertkd_tf.models.transformer_seq2seq import TransformerSeq2Seq  # noqa: F401
 from bertkd_tf.training import trainer
+from bertkd_tf.training.fused_adam import FusedAdam  # noqa: F401
+from bertkd_tf.training.schedules import LinearWarmupDecay  # noqa: F401
 
 VOCAB_DIR = "vocab"
 TEACHER_DIR = "teacher"
