@@ -10,6 +10,8 @@ second work directory and checks that each is survived:
   same command again: the teacher's and the student's final weights equal
   the reference bit for bit (dropout on), every shard of the dump is
   byte-identical to the reference's;
+- SIGTERM of distill inside a chunk: exit 143 with an interim checkpoint of
+  the step reached; the same command resumes there, bit-equal again;
 - a truncated shard: the rerun of the dump rewrites it, byte-identical;
 - a bit-flipped shard: distill refuses it, naming the shard;
 - a damaged latest checkpoint and a leftover `ckpt-N_temp/`: the resume
@@ -48,17 +50,23 @@ from bertkd_tf.artifacts import VOCAB_DIR  # noqa: E402
 CORPUS = os.path.join(ROOT, "tests", "fixtures", "tiny_de_en")
 
 # `bertkd` that SIGKILLs itself when the optimizer reaches $KILL_AT_STEP
-# (a fixed point between two checkpoints, so the sweep does not race).
+# (a fixed point between two checkpoints, so the sweep does not race); with
+# $KILL_SIGNAL set, it sends itself that signal instead, once (SIGTERM: the
+# graceful stop of `training.interruption`).
 KILLING_BERTKD = """
 import os, signal, sys
 import keras
 from bertkd_tf.training import trainer
 kill_at = int(os.environ["KILL_AT_STEP"])
+signum = int(os.environ.get("KILL_SIGNAL", signal.SIGKILL))
 real_fit = trainer.fit_resumable
 class Kill(keras.callbacks.Callback):
+    sent = False
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) >= kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        step = int(self.model.optimizer.iterations.numpy())
+        if step >= kill_at and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signum)
 def fit_then_die(model, train_dataset_fn, callbacks=(), **kwargs):
     callbacks = [*callbacks, Kill()]
     return real_fit(model, train_dataset_fn, callbacks=callbacks, **kwargs)
@@ -88,7 +96,14 @@ SETTINGS = {
 }
 
 
-def bertkd(mode, work_dir, bindings=(), kill_at_step=None, corpus=CORPUS):
+def bertkd(
+    mode,
+    work_dir,
+    bindings=(),
+    kill_at_step=None,
+    corpus=CORPUS,
+    kill_signal=signal.SIGKILL,
+):
     """Runs the binary with the demo's tiny models; `(status, output)`."""
     args = [
         f"--mode={mode}",
@@ -105,6 +120,7 @@ def bertkd(mode, work_dir, bindings=(), kill_at_step=None, corpus=CORPUS):
     else:
         command = [sys.executable, "-c", KILLING_BERTKD, *args]
         env["KILL_AT_STEP"] = str(kill_at_step)
+        env["KILL_SIGNAL"] = str(int(kill_signal))
     result = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
     )
@@ -297,6 +313,34 @@ def faults(sweep, base):
         "final weights bit-equal to the uninterrupted run"
         if ok
         else f"killed {status}, resumed {resumed}: {output[-300:]}",
+    )
+
+    # SIGTERM of the student inside a chunk (steps 10-15), then the same
+    # command: the interim checkpoint of step 13.
+    shutil.rmtree(os.path.join(work, "student"))
+    status, stopped = bertkd(
+        "distill", work, kill_at_step=13, kill_signal=signal.SIGTERM
+    )
+    interim = os.path.join(work, "student", "checkpoints", "interim")
+    written = os.listdir(interim) if os.path.isdir(interim) else []
+    resumed, output = bertkd("distill", work)
+    ok = (
+        status == 128 + signal.SIGTERM
+        and "stopped on SIGTERM at step 13" in stopped
+        and written == ["step-13"]
+        and resumed == 0
+        and "Resuming at step 13" in output
+        and bit_equal(os.path.join(reference, final), os.path.join(work, final))
+    )
+    sweep.record(
+        "fault",
+        "SIGTERM distill at step 13 (inside a chunk), rerun",
+        ok,
+        f"exit {status}, interim checkpoint step-13, resumed there; final "
+        "weights bit-equal to the uninterrupted run"
+        if ok
+        else f"stopped {status} {written}, resumed {resumed}: "
+        f"{stopped[-300:]} {output[-300:]}",
     )
 
     # A damaged latest checkpoint and a leftover temporary checkpoint.

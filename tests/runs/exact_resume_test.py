@@ -23,32 +23,9 @@ from tests.tools.tool_loader import load_tool
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 # `bertkd` that SIGKILLs itself (no cleanup, no exception) when the optimizer
-# reaches $KILL_AT_STEP: the one tools/fault_sweep.py uses.
+# reaches $KILL_AT_STEP, or sends itself $KILL_SIGNAL: the one
+# tools/fault_sweep.py uses.
 KILLING_BERTKD = load_tool("fault_sweep").KILLING_BERTKD
-# `bertkd` that sends itself $STOP_SIGNAL (once) when the optimizer reaches
-# $KILL_AT_STEP: the graceful stop (`training.interruption`).
-STOPPING_BERTKD = """
-import os, sys
-import keras
-from bertkd_tf.training import trainer
-stop_at = int(os.environ["KILL_AT_STEP"])
-signum = int(os.environ["STOP_SIGNAL"])
-real_fit = trainer.fit_resumable
-class Stop(keras.callbacks.Callback):
-    sent = False
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step >= stop_at and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), signum)
-def fit_then_stop(model, train_dataset_fn, callbacks=(), **kwargs):
-    callbacks = [*callbacks, Stop()]
-    return real_fit(model, train_dataset_fn, callbacks=callbacks, **kwargs)
-trainer.fit_resumable = fit_then_stop
-from bertkd_tf import main
-sys.argv = ["bertkd", *sys.argv[1:]]
-main.console_main()
-"""
 
 
 def _start_bertkd(
@@ -66,13 +43,10 @@ def _start_bertkd(
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if kill_at_step is None:
         command = [sys.executable, "-m", "bertkd_tf.main", *args]
-    elif stop_signal is None:
+    else:
         command = [sys.executable, "-c", KILLING_BERTKD, *args]
         env["KILL_AT_STEP"] = str(kill_at_step)
-    else:
-        command = [sys.executable, "-c", STOPPING_BERTKD, *args]
-        env["KILL_AT_STEP"] = str(kill_at_step)
-        env["STOP_SIGNAL"] = str(int(stop_signal))
+        env["KILL_SIGNAL"] = str(int(stop_signal or signal.SIGKILL))
     return subprocess.Popen(
         command,
         cwd=ROOT,
