@@ -8,6 +8,7 @@ processes with SIGTERM.
 """
 
 import json
+import logging
 import os
 import signal
 
@@ -154,7 +155,7 @@ def test_crash_inside_a_chunk_resumes_from_the_interim_checkpoint(
     assert state["chunk_start"] == 4 and state["elapsed_s"] > 0
 
     resumed = _model(accumulation)
-    with caplog.at_level("INFO"):
+    with caplog.at_level(logging.INFO, logger="absl"):
         result = _fit(resumed, tmp_path)
     assert "Resuming at step 5 of 8." in caplog.text
     assert result["step"] == 8
@@ -239,7 +240,7 @@ def test_damaged_interim_checkpoint_falls_back_to_the_regular_one(
     data.write_bytes(data.read_bytes()[:100])  # Truncated.
 
     resumed = _model(accumulation)
-    with caplog.at_level("INFO"):
+    with caplog.at_level(logging.INFO, logger="absl"):
         _fit(resumed, tmp_path)
     assert "step-5" in caplog.text and "is damaged or unreadable" in caplog.text
     assert "Resuming at step 4 of 8." in caplog.text
@@ -254,7 +255,7 @@ def test_unreadable_interim_state_is_damage_too(tmp_path, caplog):
     (tmp_path / "checkpoints" / "interim" / "step-5" / "state.json").write_text(
         "{"
     )
-    with caplog.at_level("INFO"):
+    with caplog.at_level(logging.INFO, logger="absl"):
         _fit(_model(), tmp_path)
     assert "state.json unreadable" in caplog.text
     assert "Resuming at step 4 of 8." in caplog.text
@@ -266,7 +267,7 @@ def test_unfinished_interim_write_is_removed_at_start(tmp_path, caplog):
     unfinished = tmp_path / "checkpoints" / "interim" / "step-6_temp"
     unfinished.mkdir()
     (unfinished / "ckpt.index").write_bytes(b"half")
-    with caplog.at_level("INFO"):
+    with caplog.at_level(logging.INFO, logger="absl"):
         _fit(_model(), tmp_path)
     assert not unfinished.exists()
     assert "unfinished checkpoint" in caplog.text
