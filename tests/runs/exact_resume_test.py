@@ -79,12 +79,14 @@ def _weights(path):
     return arrays
 
 
-def _killed_resumed_and_uninterrupted(
-    tmp_path, tiny_vocab, tiny_corpus, mode, output, bindings
+def _interrupted_resumed_and_uninterrupted(
+    tmp_path, tiny_vocab, tiny_corpus, mode, bindings, interrupt, check
 ):
-    """Runs `mode` for 2 steps (a checkpoint a step) killed at step 2, then
-    resumed (from step 1), and uninterrupted (at the same time, in another
-    work directory); asserts equal final weights."""
+    """Runs `mode` interrupted (`interrupt`: the `_start_bertkd` keywords),
+    asserts `check(returncode, log, work_dir)`, runs it again (resumed), and
+    runs it uninterrupted (at the same time, in another work directory);
+    returns the resumed run's log after asserting equal final weights."""
+    output = "teacher" if mode == "train_teacher" else "baseline"
     dirs = {}
     for name in ("resumed", "uninterrupted"):
         dirs[name] = tmp_path / name
@@ -95,17 +97,14 @@ def _killed_resumed_and_uninterrupted(
     try:
         work_dir = dirs["resumed"]
         code, log = _finish(
-            _start_bertkd(mode, work_dir, tiny_corpus, bindings, 2)
+            _start_bertkd(mode, work_dir, tiny_corpus, bindings, **interrupt)
         )
-        assert code == -signal.SIGKILL, log
-        checkpoints = os.listdir(work_dir / output / "checkpoints")
-        assert "ckpt-1.index" in checkpoints, checkpoints
+        check(code, log, work_dir / output)
         assert not (work_dir / output / "final.weights.h5").exists()
-        code, log = _finish(
+        code, resumed_log = _finish(
             _start_bertkd(mode, work_dir, tiny_corpus, bindings)
         )
-        assert code == 0, log
-        assert "Resuming at step 1" in log, log
+        assert code == 0, resumed_log
     finally:
         code, log = _finish(reference)
     assert code == 0, log
@@ -119,6 +118,52 @@ def _killed_resumed_and_uninterrupted(
         np.testing.assert_array_equal(
             resumed[key], uninterrupted[key], err_msg=key
         )
+    return resumed_log
+
+
+def _killed_resumed_and_uninterrupted(
+    tmp_path, tiny_vocab, tiny_corpus, mode, bindings
+):
+    """2 steps (a checkpoint a step), SIGKILLed at step 2, resumed from 1."""
+
+    def check(code, log, model_dir):
+        assert code == -signal.SIGKILL, log
+        checkpoints = os.listdir(model_dir / "checkpoints")
+        assert "ckpt-1.index" in checkpoints, checkpoints
+
+    log = _interrupted_resumed_and_uninterrupted(
+        tmp_path,
+        tiny_vocab,
+        tiny_corpus,
+        mode,
+        bindings,
+        {"kill_at_step": 2},
+        check,
+    )
+    assert "Resuming at step 1" in log, log
+
+
+def _settings(mode, steps, checkpoint_every):
+    """Short runs with dropout on: the student (a baseline) or the teacher."""
+    if mode == "distill":
+        return [
+            "DISTILLATION_WEIGHT=0.0",
+            "STUDENT_DROPOUT=0.3",
+            f"TRAIN_STEPS={steps}",
+            "WARMUP_STEPS=2",
+            "TOKENS_PER_BATCH=256",
+            f"distill.run.checkpoint_every_steps={checkpoint_every}",
+            "distill.run.verbose=0",
+        ]
+    return [
+        "cmlm_teacher.CMLMTeacher.from_scratch.dropout=0.3",
+        "cmlm_teacher.CMLMTeacher.from_scratch.num_layers=1",
+        f"train_teacher.run.total_steps={steps}",
+        "TOKENS_PER_BATCH=256",
+        "train_teacher.run.max_sequence_length=64",
+        f"train_teacher.run.checkpoint_every_steps={checkpoint_every}",
+        "train_teacher.run.verbose=0",
+    ]
 
 
 @pytest.mark.slow
@@ -126,20 +171,7 @@ def test_killed_student_resumes_to_the_uninterrupted_weights(
     tmp_path, tiny_vocab, tiny_corpus
 ):
     _killed_resumed_and_uninterrupted(
-        tmp_path,
-        tiny_vocab,
-        tiny_corpus,
-        "distill",
-        "baseline",
-        [
-            "DISTILLATION_WEIGHT=0.0",
-            "STUDENT_DROPOUT=0.3",
-            "TRAIN_STEPS=2",
-            "WARMUP_STEPS=2",
-            "TOKENS_PER_BATCH=256",
-            "distill.run.checkpoint_every_steps=1",
-            "distill.run.verbose=0",
-        ],
+        tmp_path, tiny_vocab, tiny_corpus, "distill", _settings("distill", 2, 1)
     )
 
 
@@ -152,70 +184,35 @@ def test_killed_teacher_resumes_to_the_uninterrupted_weights(
         tiny_vocab,
         tiny_corpus,
         "train_teacher",
-        "teacher",
-        [
-            "cmlm_teacher.CMLMTeacher.from_scratch.dropout=0.3",
-            "cmlm_teacher.CMLMTeacher.from_scratch.num_layers=1",
-            "train_teacher.run.total_steps=2",
-            "TOKENS_PER_BATCH=256",
-            "train_teacher.run.max_sequence_length=64",
-            "train_teacher.run.checkpoint_every_steps=1",
-            "train_teacher.run.verbose=0",
-        ],
+        _settings("train_teacher", 2, 1),
     )
 
 
 def _stopped_resumed_and_uninterrupted(
-    tmp_path, tiny_vocab, tiny_corpus, mode, output, bindings
+    tmp_path, tiny_vocab, tiny_corpus, mode, bindings
 ):
-    """Runs `mode` for 4 steps in one chunk, stopped by SIGTERM at step 2
-    (an interim checkpoint, exit status 143), then resumed inside the chunk,
-    and uninterrupted (at the same time); asserts equal final weights."""
-    dirs = {}
-    for name in ("resumed", "uninterrupted"):
-        dirs[name] = tmp_path / name
-        tiny_vocab.save(str(dirs[name] / "vocab"))
-    reference = _start_bertkd(
-        mode, dirs["uninterrupted"], tiny_corpus, bindings
-    )
-    try:
-        work_dir = dirs["resumed"]
-        code, log = _finish(
-            _start_bertkd(
-                mode,
-                work_dir,
-                tiny_corpus,
-                bindings,
-                kill_at_step=2,
-                stop_signal=signal.SIGTERM,
-            )
-        )
+    """4 steps in one chunk, stopped by SIGTERM at step 2 (an interim
+    checkpoint, exit status 143), resumed inside the chunk."""
+
+    def check(code, log, model_dir):
         assert code == 128 + signal.SIGTERM, log
         assert "Training stopped on SIGTERM at step 2 of 4" in log, log
         assert "Run the same command again" in log, log
-        checkpoints = work_dir / output / "checkpoints"
+        checkpoints = model_dir / "checkpoints"
         assert not any(n.endswith(".index") for n in os.listdir(checkpoints))
         assert os.listdir(checkpoints / "interim") == ["step-2"]
-        assert not (work_dir / output / "final.weights.h5").exists()
-        code, log = _finish(
-            _start_bertkd(mode, work_dir, tiny_corpus, bindings)
-        )
-        assert code == 0, log
-        assert "Resuming at step 2 of 4" in log, log
-        assert not (checkpoints / "interim").exists()
-    finally:
-        code, log = _finish(reference)
-    assert code == 0, log
-    resumed, uninterrupted = (
-        _weights(dirs[name] / output / "final.weights.h5")
-        for name in ("resumed", "uninterrupted")
+
+    log = _interrupted_resumed_and_uninterrupted(
+        tmp_path,
+        tiny_vocab,
+        tiny_corpus,
+        mode,
+        bindings,
+        {"kill_at_step": 2, "stop_signal": signal.SIGTERM},
+        check,
     )
-    assert resumed.keys() == uninterrupted.keys()
-    assert len(resumed) > 10
-    for key in resumed:
-        np.testing.assert_array_equal(
-            resumed[key], uninterrupted[key], err_msg=key
-        )
+    assert "Resuming at step 2 of 4" in log, log
+    assert "Skipping the 2 batch(es) of steps 0-1" in log, log
 
 
 @pytest.mark.slow
@@ -223,20 +220,7 @@ def test_stopped_student_resumes_inside_its_chunk_to_the_same_weights(
     tmp_path, tiny_vocab, tiny_corpus
 ):
     _stopped_resumed_and_uninterrupted(
-        tmp_path,
-        tiny_vocab,
-        tiny_corpus,
-        "distill",
-        "baseline",
-        [
-            "DISTILLATION_WEIGHT=0.0",
-            "STUDENT_DROPOUT=0.3",
-            "TRAIN_STEPS=4",
-            "WARMUP_STEPS=2",
-            "TOKENS_PER_BATCH=256",
-            "distill.run.checkpoint_every_steps=4",
-            "distill.run.verbose=0",
-        ],
+        tmp_path, tiny_vocab, tiny_corpus, "distill", _settings("distill", 4, 4)
     )
 
 
@@ -249,14 +233,5 @@ def test_stopped_teacher_resumes_inside_its_chunk_to_the_same_weights(
         tiny_vocab,
         tiny_corpus,
         "train_teacher",
-        "teacher",
-        [
-            "cmlm_teacher.CMLMTeacher.from_scratch.dropout=0.3",
-            "cmlm_teacher.CMLMTeacher.from_scratch.num_layers=1",
-            "train_teacher.run.total_steps=4",
-            "TOKENS_PER_BATCH=256",
-            "train_teacher.run.max_sequence_length=64",
-            "train_teacher.run.checkpoint_every_steps=4",
-            "train_teacher.run.verbose=0",
-        ],
+        _settings("train_teacher", 4, 4),
     )

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from bertkd_tf.errors import BertkdError, TrainingInterrupted
 from bertkd_tf.training import interruption, trainer
+from tests.training.checkpoint_integrity_test import _assert_same, _weights
 
 
 class _Crash(Exception):
@@ -90,16 +91,6 @@ def _fit(model, model_dir, **kwargs):
         verbose=0,
         **kwargs,
     )
-
-
-def _weights(model):
-    return [w.numpy() for w in model.weights]
-
-
-def _assert_same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
 
 
 def _regular_checkpoints(model_dir):
