@@ -42,10 +42,15 @@ HISTORY_FILE = "history.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def _is_chief(strategy):
+def _multi_worker(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    return bool(resolver is not None and resolver.cluster_spec().as_dict())
+
+
+def _is_chief(strategy):
+    if not _multi_worker(strategy):
         return True
+    resolver = strategy.cluster_resolver
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type in (None, "chief") or (
         task_type == "worker"
@@ -129,18 +134,6 @@ def _checkpoint_candidates(directory):
     return newest_first, readable
 
 
-def _step_of(interim):
-    """Sort key of a checkpoint prefix: its step (interim ones are
-    `.../step-<N>/ckpt`)."""
-
-    def key(prefix):
-        if prefix in interim:
-            return _checkpoint_step(os.path.dirname(prefix))
-        return _checkpoint_step(prefix)
-
-    return key
-
-
 def _has_seed_states(prefix):
     names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     return any(name.startswith(SEED_STATES + "/") for name in names)
@@ -191,12 +184,13 @@ def _restore_newest(model, model_dir):
     if not tf.io.gfile.isdir(directory):
         return 0, None
     candidates, state_readable = _checkpoint_candidates(directory)
-    interim = {
-        prefix: state
-        for _, prefix, state in interruption.interim_checkpoints(directory)
-    }
+    found = interruption.interim_checkpoints(directory)
+    interim = {prefix: state for _, prefix, state in found}
+    steps = {prefix: step for step, prefix, _ in found}
     candidates = sorted(
-        [*candidates, *interim], key=_step_of(interim), reverse=True
+        [*candidates, *interim],
+        key=lambda p: steps.get(p, _checkpoint_step(p)),
+        reverse=True,
     )
     if not candidates:
         return 0, None
@@ -493,11 +487,6 @@ def _read_elapsed(history_path):
             if line:
                 elapsed = json.loads(line).get("elapsed_s", elapsed)
     return elapsed
-
-
-def _multi_worker(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return bool(resolver is not None and resolver.cluster_spec().as_dict())
 
 
 def _end_of_chunk(
