@@ -111,8 +111,9 @@ KD = ["DISTILLATION_WEIGHT=0.1", "TEMPERATURE=5.0", "TOP_K=8"]
 # Every training call of the scenario (both lanes together), by seed.
 TRAINS = {
     0: [
-        ("baseline_seed0", None, 5000),
+        # The main lane trains seed 0's distilled arm first.
         ("distilled_a01t5k8_seed0", None, 7000),
+        ("baseline_seed0", None, 5000),
         # Equal length, to the longer arm's step, until both stop at one.
         ("baseline_seed0", 7000, 11000),
         ("distilled_a01t5k8_seed0", 7000, 7000),
