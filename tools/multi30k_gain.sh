@@ -176,8 +176,9 @@ run_tool stats_train "$py" tools/target_stats.py --work_dir="$work_dir" \
 # in the second lane, so the first distilled student's valid curve meets a
 # baseline's at the same steps one student's training (10-15 h on 2
 # cores) sooner than after seed 0's own baseline; the arms' order changes
-# no number (each arm's batches depend only on its seed and step). In seed 2 the second lane trains the
-# distilled arm first, so that the two lanes train its two arms at once.
+# no number (each arm's batches depend only on its seed and step). In
+# seed 2 the second lane trains the distilled arm first, so that the two
+# lanes train its two arms at once.
 if [ "$lane" = all ]; then seeds=(0 2); else seeds=(1 2); fi
 for seed in "${seeds[@]}"; do
   if [ "$lane$seed" = all0 ] || [ "$lane$seed" = second2 ]; then
